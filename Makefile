@@ -1,0 +1,46 @@
+# Two entry points: `make demo` (set up, fetch data, run the main job) and
+# `make test` (set up, fetch data, run the whole test suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Where fetched data sets go (git-ignored). DHP_DATA_DIR is a search path
+# (os.pathsep-separated); the first entry is also the fetch destination.
+DATA ?= $(CURDIR)/.data
+# Extra local sources (e.g. an offline mirror) may be appended by the caller:
+#   make test EXTRA_DATA_DIRS=/path/to/mirror
+EXTRA_DATA_DIRS ?=
+export DHP_DATA_DIR := $(DATA)$(if $(EXTRA_DATA_DIRS),:$(EXTRA_DATA_DIRS),)
+# Two CPU cores: let XLA use both, keep BLAS from oversubscribing.
+export XLA_PYTHON_CLIENT_PREALLOCATE := false
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup setup-test fetch clean
+
+$(VENV)/.core: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core
+	$(PY) -m pip install -q -e '.[test,tfds]'
+	touch $@
+
+setup: $(VENV)/.core
+setup-test: $(VENV)/.test
+
+$(DATA)/.fetched: | $(VENV)/.core
+	$(PY) -m dhp_jax.data.fetch mnist fashion_mnist --dest $(DATA)
+	touch $@
+
+fetch: $(DATA)/.fetched
+
+demo: $(VENV)/.core $(DATA)/.fetched
+	$(PY) experiments/run.py --benchmark=permuted_mnist --preset=quick \
+		--method=finetune --compare_dhp --num_seeds=3 --out_dir=runs/demo
+
+test: $(VENV)/.test $(DATA)/.fetched
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+clean:
+	rm -rf $(VENV) $(DATA) runs

@@ -1,0 +1,108 @@
+"""Flax heads and models: one implementation (hebbian.dhp_apply) behind the modules."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dhp_jax import layers, models
+from dhp_jax.hebbian import DHPParams, dhp_apply
+
+
+def test_module_equals_pure_function():
+  head = layers.DHPSoftmax(5, eta_init=0.3)
+  h = jax.random.normal(jax.random.key(1), (7, 6))
+  labels = jnp.array([0, 1, 1, 4, 4, 4, 2], jnp.int32)
+  variables = head.init(jax.random.key(0), h, labels)
+  np.testing.assert_array_equal(variables["hebb"]["hebb"], 0.0)  # init leaves it at zero
+  p = variables["params"]
+  hebb = jax.random.normal(jax.random.key(2), (6, 5))
+  variables = {"params": p, "hebb": {"hebb": hebb}}
+  logits, mutated = head.apply(variables, h, labels, mutable=["hebb"])
+  want_logits, want_hebb = dhp_apply(DHPParams(p["theta"], p["alpha"], p["eta"]), hebb, h,
+                                     labels)
+  np.testing.assert_array_equal(logits, want_logits)
+  np.testing.assert_array_equal(mutated["hebb"]["hebb"], want_hebb)
+  # Without labels, or with the collection immutable, the trace is used but not updated.
+  np.testing.assert_array_equal(head.apply(variables, h),
+                                dhp_apply(DHPParams(p["theta"], p["alpha"], p["eta"]),
+                                          hebb, h)[0])
+  _, unchanged = head.apply(variables, h, mutable=["hebb"])
+  np.testing.assert_array_equal(unchanged["hebb"]["hebb"], hebb)
+
+
+@pytest.mark.parametrize("theta_init", ["author", "dense"])
+def test_matched_head_equals_dhp_with_alpha_zero_at_init(theta_init):
+  x = jax.random.uniform(jax.random.key(3), (4, 28, 28, 1))
+  labels = jnp.array([1, 2, 3, 1], jnp.int32)
+  dhp = models.MLP(hidden=(32,), head="dhp", theta_init=theta_init)
+  matched = models.MLP(hidden=(32,), head="matched", theta_init=theta_init)
+  v_dhp = dhp.init(jax.random.key(0), x)
+  v_matched = matched.init(jax.random.key(0), x)
+  np.testing.assert_array_equal(v_matched["params"]["head"]["theta1"],
+                                v_dhp["params"]["head"]["theta"])
+  np.testing.assert_array_equal(v_matched["params"]["head"]["theta2"], 0.0)
+  v_dhp["params"]["head"]["alpha"] = jnp.zeros_like(v_dhp["params"]["head"]["alpha"])
+  got, _ = dhp.apply(v_dhp, x, labels, mutable=["hebb"])
+  np.testing.assert_allclose(got, matched.apply(v_matched, x), rtol=1e-6)
+
+
+def test_model_shapes_and_task_restriction():
+  mlp = models.MLP(hidden=(256, 256), head="softmax")
+  v = mlp.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
+  assert set(v["params"]) == {"dense_0", "dense_1", "head"}
+  assert "hebb" not in v
+  cnn = models.CNN(num_classes=50)
+  v = cnn.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)))
+  assert v["params"]["dense"]["kernel"].shape == (5 * 5 * 50, 500)
+  logits = cnn.apply(v, jnp.ones((2, 32, 32, 3)))
+  assert logits.shape == (2, 50)
+  np.testing.assert_array_equal(models.restrict_logits(logits, (10, 20)), logits[:, 10:20])
+  assert models.restrict_logits(logits, None) is logits
+  with pytest.raises(ValueError, match="output_slice"):
+    models.restrict_logits(logits, (40, 60))
+  with pytest.raises(ValueError, match="head"):
+    models.MLP(head="hebbian").init(jax.random.key(0), jnp.zeros((1, 4)))
+
+
+class UserCNN(nn.Module):
+  """A user's own small Flax CNN with DHPSoftmax dropped in as its head."""
+
+  @nn.compact
+  def __call__(self, x, labels=None):
+    x = nn.relu(nn.Conv(8, (3, 3), strides=(2, 2))(x))
+    x = nn.relu(nn.Conv(16, (3, 3), strides=(2, 2))(x))
+    x = nn.relu(nn.Dense(64)(x.reshape((x.shape[0], -1))))
+    return layers.DHPSoftmax(10)(x, labels)
+
+
+def test_user_cnn_with_dhp_head_learns_real_mnist(mnist):
+  model = UserCNN()
+  x_train = jnp.asarray(mnist.train_images[:12800], jnp.float32) / 255.0
+  y_train = jnp.asarray(mnist.train_labels[:12800])
+  variables = model.init(jax.random.key(0), x_train[:1])
+  params, hebb = variables["params"], variables["hebb"]
+  opt = optax.sgd(0.05, momentum=0.9)
+  opt_state = opt.init(params)
+
+  @jax.jit
+  def step(carry, idx):
+    params, hebb, opt_state = carry
+    x, y = x_train[idx], y_train[idx]
+
+    def loss_fn(p):
+      logits, new = model.apply({"params": p, "hebb": hebb}, x, y, mutable=["hebb"])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
+
+    (_, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), new["hebb"], opt_state), None
+
+  batches = jax.random.permutation(jax.random.key(1), 12800).reshape(200, 64)
+  (params, hebb, _), _ = jax.lax.scan(step, (params, hebb, opt_state), batches)
+  x_test = jnp.asarray(mnist.test_images[:2000], jnp.float32) / 255.0
+  logits = model.apply({"params": params, "hebb": hebb}, x_test)
+  accuracy = float(jnp.mean(jnp.argmax(logits, -1) == mnist.test_labels[:2000]))
+  assert accuracy > 0.85, accuracy
+  assert float(jnp.abs(hebb["DHPSoftmax_0"]["hebb"]).sum()) > 0
