@@ -1,0 +1,96 @@
+"""The paper's figures from saved ``results.json`` payloads (Agg backend, PNG files)."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _mean_sem(rows) -> tuple[np.ndarray, np.ndarray]:
+  a = np.asarray(rows, dtype=float)
+  sem = a.std(0, ddof=1) / np.sqrt(a.shape[0]) if a.shape[0] > 1 else np.zeros(a.shape[1:])
+  return a.mean(0), sem
+
+
+def accuracy_curve(results: Mapping):
+  """[T] mean and SEM (over seeds) of the average accuracy after each task (Fig. 2)."""
+  return _mean_sem([s["avg_accuracy_curve"] for s in results["per_seed"]])
+
+
+def plot_accuracy(runs: Mapping[str, Mapping], path: str, title: str = "") -> None:
+  """Fig. 2: average test accuracy over the tasks seen vs number of tasks, mean ± SEM.
+
+  ``runs`` maps a legend label to a results payload.
+  """
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for label, results in runs.items():
+    mean, sem = accuracy_curve(results)
+    x = np.arange(1, len(mean) + 1)
+    ax.errorbar(x, 100 * mean, yerr=100 * sem, marker="o", ms=3, capsize=2,
+                label=f"{label} ({100 * mean[-1]:.2f}%)")
+  ax.set_xlabel("number of tasks learned")
+  ax.set_ylabel("average test accuracy (%)")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_plasticity(results: Mapping, path: str, title: str = "") -> bool:
+  """Fig. 3: η, ‖Hebb‖_F and ‖α‖_F per epoch (mean over seeds), task boundaries marked.
+
+  Returns False (and writes nothing) when the run has no DHP head.
+  """
+  trace = results["trace"]
+  if not trace.get("eta"):
+    return False
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+  tasks = np.asarray(trace["task"][-len(trace["eta"]):])
+  x = np.arange(1, len(tasks) + 1)
+  boundaries = np.flatnonzero(np.diff(tasks)) + 1.5
+  for ax, key, name in zip(axes, ("eta", "hebb_norm", "alpha_norm"),
+                           ("η", "‖Hebb‖$_F$", "‖α‖$_F$")):
+    mean, sem = _mean_sem(np.asarray(trace[key], dtype=float).T)
+    ax.plot(x, mean)
+    ax.fill_between(x, mean - sem, mean + sem, alpha=0.3)
+    for b in boundaries:
+      ax.axvline(b, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel("epoch")
+    ax.set_title(name)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
+def plot_eta_sweep(etas: Sequence[float], curves: Mapping[str, tuple], path: str) -> None:
+  """Fig. 4: final average accuracy vs initial η, mean ± SEM, one line per benchmark.
+
+  ``curves[name] = (mean [len(etas)], sem [len(etas)])`` as fractions.
+  """
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for name, (mean, sem) in curves.items():
+    mean, sem = 100 * np.asarray(mean), 100 * np.asarray(sem)
+    ax.plot(etas, mean, marker="o", label=name)
+    ax.fill_between(etas, mean - sem, mean + sem, alpha=0.25)
+  ax.set_xscale("log")
+  ax.set_xlabel("initial η")
+  ax.set_ylabel("average test accuracy (%)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -1,0 +1,217 @@
+r"""Reproduce Table I of the paper (plus two control rows), side by side with its numbers.
+
+  python experiments/table1.py --benchmarks=split_mnist --preset=paper --num_seeds=10
+
+For every benchmark and row, trains the row's seeds (vmapped) into
+``<out_root>/<benchmark>_<preset>/<row>/`` (resumable; complete rows are skipped), then
+writes ``table1.md``, ``table1.json``, ``accuracy.png`` (Fig. 2) and ``plasticity.png``
+(Fig. 3, the DHP row) next to them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Mapping, Optional
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+from dhp_jax import plotting, training
+
+# The paper's rows, then the two controls that separate plasticity from the θ init.
+ROWS = {
+    "finetune": dict(method="finetune", head="matched"),
+    "dhp": dict(method="finetune", head="dhp"),
+    "si": dict(method="si", head="matched"),
+    "dhp+si": dict(method="si", head="dhp"),
+    "online_ewc": dict(method="online_ewc", head="matched"),
+    "dhp+online_ewc": dict(method="online_ewc", head="dhp"),
+    "mas": dict(method="mas", head="matched"),
+    "dhp+mas": dict(method="mas", head="dhp"),
+    "dhp_frozen_alpha": dict(method="finetune", head="dhp", freeze_alpha=True),
+    "finetune_dense": dict(method="finetune", head="matched", theta_init="dense"),
+}
+ROW_LABELS = {
+    "finetune": "Finetune", "dhp": "DHP Softmax", "si": "SI", "dhp+si": "DHP Softmax + SI",
+    "online_ewc": "Online EWC", "dhp+online_ewc": "DHP Softmax + Online EWC", "mas": "MAS",
+    "dhp+mas": "DHP Softmax + MAS", "dhp_frozen_alpha": "DHP Softmax, α frozen at 0 (control)",
+    "finetune_dense": "Finetune, dense θ init (control)",
+}
+# Table I of the paper: average test accuracy (%) / BWT after all tasks, 10 trials.
+PAPER = {
+    "permuted_mnist": {"finetune": (76.73, -0.19), "dhp": (78.49, -0.16), "si": (84.72, -0.13),
+                       "dhp+si": (85.20, -0.09), "online_ewc": (86.24, -0.11),
+                       "dhp+online_ewc": (87.30, -0.09), "mas": (88.52, -0.08),
+                       "dhp+mas": (89.53, -0.06)},
+    "imbalanced_permuted_mnist": {"finetune": (76.44, -0.20), "dhp": (80.85, -0.14),
+                                  "si": (85.92, -0.06), "dhp+si": (85.39, -0.06),
+                                  "online_ewc": (87.18, -0.09), "dhp+online_ewc": (87.43, -0.08),
+                                  "mas": (87.32, -0.09), "dhp+mas": (88.80, -0.05)},
+    "split_mnist": {"finetune": (90.43, -0.13), "dhp": (98.23, -0.02), "si": (97.77, -0.04),
+                    "dhp+si": (99.15, 0.00), "online_ewc": (97.65, -0.03),
+                    "dhp+online_ewc": (98.96, -0.01), "mas": (98.24, -0.02),
+                    "dhp+mas": (98.43, -0.01)},
+    "vision_mixture": {"finetune": (60.02, -0.33), "dhp": (62.94, -0.26), "si": (81.26, -0.06),
+                       "dhp+si": (81.75, -0.04), "online_ewc": (78.61, -0.07),
+                       "dhp+online_ewc": (79.10, -0.04), "mas": (78.51, -0.05),
+                       "dhp+mas": (80.66, -0.01)},
+}
+# DHP+X is compared with X; the controls with the row they perturb.
+_BASELINE_OF = {"dhp": "finetune", "dhp+si": "si", "dhp+online_ewc": "online_ewc",
+                "dhp+mas": "mas"}
+
+
+def row_config(benchmark: str, preset: str, row: str, **overrides) -> training.Config:
+  return training.make_config(benchmark, preset, **ROWS[row], **overrides)
+
+
+def table_entry(benchmark: str, preset: str, runs: Mapping[str, dict]) -> dict:
+  """The ``table1.json`` entry of one benchmark from its rows' results payloads."""
+  rows = {}
+  for row, results in runs.items():
+    paper = PAPER.get(benchmark, {}).get(row)
+    rows[row] = {
+        "num_seeds": len(results["per_seed"]),
+        "avg_accuracy": {"mean": 100 * results["mean"]["avg_accuracy"],
+                         "sem": 100 * results["sem"]["avg_accuracy"]},
+        "bwt": {"mean": results["mean"]["bwt"], "sem": results["sem"]["bwt"]},
+        "completed_tasks": results["completed_tasks"], "num_tasks": results["num_tasks"],
+        "wall_time_s": results.get("wall_time_s"),
+        "paper": None if paper is None else {"avg_accuracy": paper[0], "bwt": paper[1]},
+    }
+  any_run = next(iter(runs.values()))
+  notes = sorted({n for r in runs.values() for n in r.get("notes", [])})
+  return {"preset": preset, "epochs": any_run["config"]["epochs"],
+          "num_tasks": any_run["num_tasks"], "data_notes": "; ".join(notes),
+          "wall_time_s": sum(r.get("wall_time_s") or 0 for r in runs.values()),
+          "rows": rows}
+
+
+def _cell(stat: Mapping, scale: str) -> str:
+  return f"{stat['mean']:.2f} ± {stat['sem']:.2f}" if scale == "pct" else \
+      f"{stat['mean']:+.3f} ± {stat['sem']:.3f}"
+
+
+def markdown(benchmark: str, entry: Mapping) -> str:
+  """One benchmark's table: ours (mean ± SEM) beside the paper's, and DHP+X ≥ X?"""
+  rows = entry["rows"]
+  seeds = sorted({r["num_seeds"] for r in rows.values()})
+  lines = [f"### {benchmark} — preset `{entry['preset']}`, {entry['epochs']} epoch(s)/task, "
+           f"{entry['num_tasks']} tasks, seeds per row: {', '.join(map(str, seeds))}", ""]
+  if entry.get("data_notes"):
+    lines += [f"Data: {entry['data_notes']}", ""]
+  lines += ["| row | ACC % (ours) | ACC % (paper) | Δ ACC | BWT (ours) | BWT (paper) | "
+            "DHP+X ≥ X? |", "|---|---|---|---|---|---|---|"]
+  for row in ROWS:
+    if row not in rows:
+      continue
+    r = rows[row]
+    paper = r["paper"]
+    done = "" if r["completed_tasks"] == r["num_tasks"] else \
+        f" (partial: {r['completed_tasks']}/{r['num_tasks']} tasks)"
+    p_acc = f"{paper['avg_accuracy']:.2f}" if paper else "—"
+    p_bwt = f"{paper['bwt']:+.2f}" if paper else "—"
+    delta = f"{r['avg_accuracy']['mean'] - paper['avg_accuracy']:+.2f}" if paper else "—"
+    verdict = ""
+    base = _BASELINE_OF.get(row)
+    if base in rows:
+      verdict = "yes" if r["avg_accuracy"]["mean"] >= rows[base]["avg_accuracy"]["mean"] \
+          else "no"
+    lines.append(f"| {ROW_LABELS[row]}{done} | {_cell(r['avg_accuracy'], 'pct')} | {p_acc} | "
+                 f"{delta} | {_cell(r['bwt'], 'bwt')} | {p_bwt} | {verdict} |")
+  wall = entry.get("wall_time_s")
+  if wall:
+    lines += ["", f"Wall time (sum over rows, this machine): {wall / 60:.1f} min"]
+  return "\n".join(lines) + "\n"
+
+
+def load_runs(bench_dir: str, rows) -> dict:
+  runs = {}
+  for row in rows:
+    path = os.path.join(bench_dir, row, "results.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        runs[row] = json.load(f)
+  return runs
+
+
+def write_tables(bench_dir: str, benchmark: str, preset: str, rows) -> Optional[dict]:
+  """(Re)writes table1.md/json and the figures of one benchmark from what is on disk."""
+  runs = load_runs(bench_dir, rows)
+  if not runs:
+    return None
+  entry = table_entry(benchmark, preset, runs)
+  training.write_json_atomic(os.path.join(bench_dir, "table1.json"), {benchmark: entry})
+  with open(os.path.join(bench_dir, "table1.md.tmp"), "w") as f:
+    f.write(markdown(benchmark, entry))
+  os.replace(os.path.join(bench_dir, "table1.md.tmp"), os.path.join(bench_dir, "table1.md"))
+  plotting.plot_accuracy({ROW_LABELS[r]: runs[r] for r in ROWS if r in runs},
+                         os.path.join(bench_dir, "accuracy.png"), f"{benchmark} ({preset})")
+  if "dhp" in runs:
+    plotting.plot_plasticity(runs["dhp"], os.path.join(bench_dir, "plasticity.png"),
+                             f"{benchmark} ({preset}), DHP Softmax")
+  return entry
+
+
+
+
+def run_table(benchmarks, rows, preset, num_seeds, out_root, *, seed=0, data_dir=None,
+              progress=True, train=training.train_and_evaluate, **overrides) -> dict:
+  """Runs the missing rows of every benchmark and writes its tables; returns them."""
+  for name in benchmarks:
+    if name not in training.BENCHMARKS:
+      raise ValueError(f"--benchmarks: unknown benchmark {name!r}; expected some of "
+                       f"{training.BENCHMARKS}")
+  for row in rows:
+    if row not in ROWS:
+      raise ValueError(f"--rows: unknown row {row!r}; expected some of {list(ROWS)}")
+  tables = {}
+  for benchmark in benchmarks:
+    bench_dir = os.path.join(out_root, f"{benchmark}_{preset}")
+    for row in rows:
+      config = row_config(benchmark, preset, row, num_seeds=num_seeds, seed=seed, **overrides)
+      row_dir = os.path.join(bench_dir, row)
+      if training.is_complete(os.path.join(row_dir, "results.json"), config):
+        continue
+      results = train(config, row_dir, data_dir=data_dir, resume=True, progress=progress)
+      print(training.summary_line(config, results), flush=True)
+      write_tables(bench_dir, benchmark, preset, rows)
+    entry = write_tables(bench_dir, benchmark, preset, rows)
+    if entry is not None:
+      tables[benchmark] = entry
+      print(markdown(benchmark, entry))
+  return tables
+
+
+def define_flags() -> None:
+  """Defined only when run as a binary, so modules can be imported side by side."""
+  flags.DEFINE_list("benchmarks", ["split_mnist"], "Benchmarks to run.")
+  flags.DEFINE_list("rows", list(ROWS), "Rows to run (default: all ten).")
+  flags.DEFINE_enum("preset", "quick", list(training.PRESETS), "Preset.")
+  flags.DEFINE_integer("num_seeds", 3, "Seeds per row (vmapped).", lower_bound=1)
+  flags.DEFINE_integer("seed", 0, "First seed.")
+  flags.DEFINE_integer("epochs", None, "Override epochs per task.", lower_bound=1)
+  flags.DEFINE_integer("num_tasks", None, "Override number of tasks.",
+                       lower_bound=1)
+  flags.DEFINE_integer("train_subset", 0, "First n training samples per task "
+                       "(0 = all).", lower_bound=0)
+  flags.DEFINE_integer("importance_samples", None,
+                       "Samples for Fisher/MAS (0 = all).", lower_bound=0)
+  flags.DEFINE_string("out_root", "results", "Root folder of the result tables.")
+  flags.DEFINE_string("data_dir", None, "Data search path.")
+  flags.DEFINE_bool("progress", True, "Progress bars.")
+
+
+def main(argv):
+  del argv
+  overrides = dict(epochs=FLAGS.epochs, num_tasks=FLAGS.num_tasks,
+                   train_subset=FLAGS.train_subset, importance_samples=FLAGS.importance_samples)
+  run_table(FLAGS.benchmarks, FLAGS.rows, FLAGS.preset, FLAGS.num_seeds, FLAGS.out_root,
+            seed=FLAGS.seed, data_dir=FLAGS.data_dir, progress=FLAGS.progress, **overrides)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,76 @@
+"""Table I generation, its resume-skip logic, and the η sweep."""
+import json
+import os
+
+import pytest
+
+from dhp_jax import training
+from experiments import eta_sweep, table1
+
+
+def _fake_results(config, accs):
+  """A finished results.json payload whose seeds have final average accuracies ``accs``."""
+  per_seed = [{"seed": s, "avg_accuracy": a, "bwt": -0.1, "avg_accuracy_curve": [0.99, a]}
+              for s, a in enumerate(accs)]
+  mean, sem = training.summarize(per_seed)
+  return {"config": config.to_json(), "completed_tasks": 2, "num_tasks": 2,
+          "notes": ["a data note"], "per_seed": per_seed, "mean": mean, "sem": sem,
+          "trace": {"eta": [], "hebb_norm": [], "alpha_norm": [], "task": []},
+          "wall_time_s": 60.0}
+
+
+def _write_tree(root, rows_accs, **overrides):
+  bench_dir = os.path.join(root, "split_mnist_quick")
+  for row, accs in rows_accs.items():
+    config = table1.row_config("split_mnist", "quick", row, num_seeds=len(accs), **overrides)
+    os.makedirs(os.path.join(bench_dir, row))
+    with open(os.path.join(bench_dir, row, "results.json"), "w") as f:
+      json.dump(_fake_results(config, accs), f)
+  return bench_dir
+
+
+def test_table_from_fake_results_tree(tmp_path):
+  rows = {"finetune": [0.90, 0.92], "dhp": [0.95, 0.97], "si": [0.98, 0.98],
+          "dhp+si": [0.97, 0.97]}
+  bench_dir = _write_tree(str(tmp_path), rows)
+  entry = table1.write_tables(bench_dir, "split_mnist", "quick", list(rows))
+  assert entry["rows"]["dhp"]["avg_accuracy"]["mean"] == pytest.approx(96.0)
+  assert entry["rows"]["dhp"]["avg_accuracy"]["sem"] == pytest.approx(1.0)
+  assert entry["rows"]["dhp"]["paper"] == {"avg_accuracy": 98.23, "bwt": -0.02}
+  with open(os.path.join(bench_dir, "table1.json")) as f:
+    assert json.load(f)["split_mnist"]["rows"]["si"]["num_seeds"] == 2
+  with open(os.path.join(bench_dir, "table1.md")) as f:
+    md = f.read()
+  assert "| DHP Softmax | 96.00 ± 1.00 | 98.23 | -2.23 | -0.100 ± 0.000 | -0.02 | yes |" in md
+  assert "| DHP Softmax + SI | 97.00 ± 0.00 | 99.15 | -2.15 |" in md and "| no |" in md
+  assert "Data: a data note" in md
+  assert os.path.getsize(os.path.join(bench_dir, "accuracy.png")) > 1000
+
+
+def test_complete_rows_are_skipped(tmp_path):
+  rows = {"finetune": [0.9], "dhp": [0.95]}
+  _write_tree(str(tmp_path), rows, epochs=1)
+
+  def must_not_train(*args, **kwargs):
+    raise AssertionError("a complete row was trained again")
+
+  tables = table1.run_table(["split_mnist"], list(rows), "quick", 1, str(tmp_path),
+                            train=must_not_train, epochs=1)
+  assert set(tables["split_mnist"]["rows"]) == set(rows)
+
+
+def test_unknown_rows_and_benchmarks_are_refused(tmp_path):
+  with pytest.raises(ValueError, match="--rows"):
+    table1.run_table(["split_mnist"], ["ewc++"], "quick", 1, str(tmp_path))
+  with pytest.raises(ValueError, match="--benchmarks"):
+    table1.run_table(["mnist"], ["dhp"], "quick", 1, str(tmp_path))
+
+
+def test_eta_sweep_one_point_per_eta(tmp_path, mnist):
+  etas = (0.1, 0.001)
+  summary = eta_sweep.run_sweep(["permuted_mnist"], etas, "quick", 1, str(tmp_path),
+                                progress=False, num_tasks=1, train_subset=2048, lr=0.1)
+  assert summary["permuted_mnist"]["eta"] == list(etas)
+  assert len(summary["permuted_mnist"]["mean"]) == len(etas)
+  assert all(0.5 < m <= 1 for m in summary["permuted_mnist"]["mean"])
+  assert os.path.exists(tmp_path / "eta_sweep_quick" / "eta_sweep.png")

@@ -1,0 +1,125 @@
+"""The engine and the experiment binary on small real-MNIST runs."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import flags
+
+from dhp_jax import metrics, training
+from experiments import run as run_binary
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Two permuted tasks, one epoch of 2,048 real samples each (lr 0.1 so 32 steps learn).
+SMALL = ["--benchmark=permuted_mnist", "--num_tasks=2", "--epochs=1", "--train_subset=2048",
+         "--lr=0.1", "--noprogress"]
+
+
+def _run(tmp_path, name, *extra):
+  out = str(tmp_path / name)
+  return run_binary.main(["run.py", *SMALL, f"--out_dir={out}", *extra]), out
+
+
+def test_binary_writes_valid_results(tmp_path, mnist):
+  results, out = _run(tmp_path, "dhp", "--num_seeds=2")
+  with open(os.path.join(out, "results.json")) as f:
+    saved = json.load(f)
+  assert saved == json.loads(json.dumps(results))
+  assert saved["config"]["benchmark"] == "permuted_mnist" and saved["completed_tasks"] == 2
+  for entry in saved["per_seed"]:
+    r = entry["accuracy_matrix"]
+    assert r[0][1] is None and all(0 <= v <= 1 for row in r for v in row if v is not None)
+    full = np.array(entry["accuracy_matrix_all_tasks"])
+    assert entry["bwt"] == pytest.approx(full[1, 0] - full[0, 0])
+    assert entry["avg_accuracy"] == pytest.approx(full[1].mean())
+    assert full[0, 0] > 0.7  # 32 steps on real data already teach task 1
+  mean, _ = metrics.mean_and_sem([e["avg_accuracy"] for e in saved["per_seed"]])
+  assert saved["mean"]["avg_accuracy"] == pytest.approx(mean)
+  assert {"eta", "hebb_norm", "alpha_norm"} <= set(saved["trace"])
+  assert len(saved["trace"]["eta"]) == 2 and len(saved["trace"]["eta"][0]) == 2
+  for png in ("accuracy.png", "plasticity.png"):
+    assert os.path.getsize(os.path.join(out, png)) > 1000
+
+
+def test_vmapped_seeds_equal_separate_runs(tmp_path, mnist):
+  both, _ = _run(tmp_path, "both", "--num_seeds=2", "--seed=5")
+  for s, seed in enumerate((5, 6)):
+    alone, _ = _run(tmp_path, f"alone{seed}", "--num_seeds=1", f"--seed={seed}")
+    np.testing.assert_allclose(both["per_seed"][s]["accuracy_matrix_all_tasks"],
+                               alone["per_seed"][0]["accuracy_matrix_all_tasks"], atol=2e-4)
+    np.testing.assert_allclose(both["trace"]["eta"], np.array(both["trace"]["eta"]))
+    np.testing.assert_allclose(np.array(both["trace"]["eta"])[:, s],
+                               np.array(alone["trace"]["eta"])[:, 0], rtol=1e-5)
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path, mnist):
+  flags_ = ["--method=si", "--num_seeds=2"]
+  full, _ = _run(tmp_path, "full", *flags_)
+  partial, out = _run(tmp_path, "killed", *flags_, "--stop_after_task=1")
+  assert partial["completed_tasks"] == 1
+  resumed, _ = _run(tmp_path, "killed", *flags_, "--resume")
+  assert resumed["completed_tasks"] == 2
+  for a, b in zip(full["per_seed"], resumed["per_seed"]):
+    np.testing.assert_array_equal(a["accuracy_matrix_all_tasks"],
+                                  b["accuracy_matrix_all_tasks"])
+  np.testing.assert_array_equal(full["trace"]["eta"], resumed["trace"]["eta"])
+  with pytest.raises(ValueError, match="config"):
+    _run(tmp_path, "killed", "--method=mas", "--num_seeds=2", "--resume")
+
+
+def test_sharded_seeds_equal_one_device(tmp_path, mnist):
+  one, _ = _run(tmp_path, "one", "--num_seeds=4", "--method=online_ewc")
+  out = str(tmp_path / "sharded")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             PYTHONPATH=REPO)
+  code = ("import sys, jax; assert jax.device_count() == 4; "
+          "from dhp_jax import training; assert training.seed_sharding(4) is not None; "
+          "from experiments import run; run.main(sys.argv)")
+  subprocess.run([sys.executable, "-c", code, *SMALL, "--num_seeds=4", "--method=online_ewc",
+                  f"--out_dir={out}"], env=env, check=True, cwd=REPO)
+  with open(os.path.join(out, "results.json")) as f:
+    sharded = json.load(f)
+  assert len(sharded["devices"]) == 4
+  for a, b in zip(one["per_seed"], sharded["per_seed"]):
+    np.testing.assert_allclose(a["accuracy_matrix_all_tasks"], b["accuracy_matrix_all_tasks"],
+                               atol=2e-4)
+
+
+@pytest.mark.parametrize("method", ["ewc", "mas"])
+def test_consolidation_methods_run_and_penalise_after_task_one(tmp_path, mnist, method):
+  results, _ = _run(tmp_path, method, f"--method={method}", "--importance_samples=256")
+  assert results["completed_tasks"] == 2
+
+
+def test_non_finite_training_stops_with_task_and_epoch(tmp_path, mnist):
+  with pytest.raises(training.NonFiniteError, match=r"task 1, epoch 1"):
+    _run(tmp_path, "diverge", "--lr=1e12")
+
+
+@pytest.mark.parametrize("bad", [
+    "--benchmark=cifar100", "--method=lwf", "--epochs=0", "--num_seeds=0",
+    "--strength=-1", "--no_such_flag=1", "--theta_init=xavier",
+])
+def test_bad_flags_error_before_training(bad):
+  with pytest.raises(flags.Error):
+    run_binary.main(["run.py", bad])
+
+
+def test_freeze_alpha_needs_dhp_and_keeps_alpha_zero(tmp_path, mnist):
+  with pytest.raises(ValueError, match="freeze_alpha"):
+    run_binary.main(["run.py", "--freeze_alpha", "--nodhp"])
+  results, _ = _run(tmp_path, "frozen", "--freeze_alpha")
+  assert np.all(np.array(results["trace"]["alpha_norm"]) == 0.0)
+
+
+def test_make_config_uses_paper_presets():
+  config = training.make_config("split_mnist", "paper", "si")
+  assert (config.epochs, config.batch_size, config.lr, config.hidden) == (10, 64, 0.01,
+                                                                          (256, 256))
+  assert (config.strength, config.si_xi) == (1.0, 0.001)
+  assert training.make_config("vision_mixture", "paper", "mas").strength == 1.0
+  assert training.make_config("permuted_mnist", "quick").epochs < 20
+  with pytest.raises(ValueError, match="benchmark"):
+    training.make_config("cifar100")
