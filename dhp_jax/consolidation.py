@@ -370,19 +370,54 @@ def mas_accumulate(importance: PyTree, mas: PyTree, params: PyTree
 
 # ------------------------------------------------------- per-sample gradient statistics
 
-class _DenseCall(NamedTuple):
-  """An ``nn.Dense`` call that takes the rank-1 shortcut (indices into the params leaves)."""
+class _Shortcut(NamedTuple):
+  """A Dense or 2-D Conv call whose kernel statistics skip per-sample autodiff.
+
+  ``kernel``/``bias`` index the params leaves; ``out_shape`` is the call's output for
+  one sample ([1, ...]); ``conv`` = (strides, padding, input_dilation, kernel_dilation).
+  """
   kernel: int
   bias: Optional[int]
   out_shape: tuple
+  conv: Optional[tuple] = None
 
 
 def _is_call(context, types) -> bool:
   return context.method_name == "__call__" and isinstance(context.module, types)
 
 
+def _is_shortcut_call(context) -> bool:
+  # Exact types: a subclass may compute something else with the same parameters.
+  return context.method_name == "__call__" and type(context.module) in (nn.Dense, nn.Conv)
+
+
 def _own_params(module) -> Mapping:
   return module.variables.get("params", {})
+
+
+def _conv_config(module: nn.Conv) -> Optional[tuple]:
+  """``lax`` arguments that reproduce a plain 2-D ``nn.Conv``, else None (no shortcut)."""
+  if (module.feature_group_count != 1 or module.mask is not None
+      or module.conv_general_dilated is not None
+      or module.conv_general_dilated_cls is not None):
+    return None
+
+  def pair(value):
+    value = 1 if value is None else value
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+  padding = module.padding
+  if isinstance(padding, str):
+    if padding not in ("SAME", "VALID"):
+      return None
+  elif isinstance(padding, int):
+    padding = ((padding, padding),) * 2
+  else:
+    padding = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+  if len(padding) != 2 and not isinstance(padding, str):
+    return None
+  return (pair(module.strides), padding, pair(module.input_dilation),
+          pair(module.kernel_dilation))
 
 
 def _local_interceptor(layer_outputs: list, head_seen: list):
@@ -408,18 +443,18 @@ def _local_interceptor(layer_outputs: list, head_seen: list):
   return intercept
 
 
-def _dense_interceptor(plan: list, perturbations: list, layer_inputs: list):
-  """Adds a zero perturbation to each planned ``nn.Dense`` output and records its input.
+def _shortcut_interceptor(plan: list, perturbations: list, layer_inputs: list):
+  """Adds a zero perturbation to each planned Dense/Conv output and records its input.
 
-  ``plan`` holds, per ``nn.Dense`` call in call order, a ``_DenseCall`` or None (no
-  shortcut); the gradient with respect to a perturbation is δ at that layer's output.
+  ``plan`` holds, per Dense/Conv call in call order, a ``_Shortcut`` or None; the
+  gradient with respect to a perturbation is the cotangent δ at that layer's output.
   """
   calls = iter(range(len(plan)))
   slots = {i: slot for slot, i in enumerate(i for i, call in enumerate(plan) if call)}
 
   def intercept(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
-    if type(context.module) is nn.Dense and context.method_name == "__call__":
+    if _is_shortcut_call(context):
       i = next(calls)
       if i in slots:
         layer_inputs.append(args[0])
@@ -428,14 +463,19 @@ def _dense_interceptor(plan: list, perturbations: list, layer_inputs: list):
   return intercept
 
 
-def _plan_dense_calls(out_fn, leaves, treedef, x, local: bool) -> list:
-  """Which ``nn.Dense`` calls in ``out_fn`` may use the rank-1 shortcut (abstract pass)."""
+def _plan_shortcuts(out_fn, leaves, treedef, x, local: bool) -> list:
+  """Which Dense/Conv calls in ``out_fn`` may take the shortcut (one abstract pass).
+
+  A call qualifies when its kernel (and bias) are leaves of ``params`` used by this call
+  only, and it sees one sample ([1, features] for Dense, [1, H, W, C] for Conv).
+  """
   records = []
 
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
-    if type(context.module) is nn.Dense and context.method_name == "__call__":
-      records.append((_own_params(context.module), jnp.shape(args[0]), jnp.shape(out)))
+    if _is_shortcut_call(context):
+      records.append((context.module, _own_params(context.module), jnp.shape(args[0]),
+                      jnp.shape(out)))
     return out
 
   plan = []
@@ -445,29 +485,40 @@ def _plan_dense_calls(out_fn, leaves, treedef, x, local: bool) -> list:
     with _interceptors(local, [], [], record):
       out_fn(treedef.unflatten(leaves), x)
     uses = {}
-    for own, _, _ in records:
+    for _, own, _, _ in records:
       for leaf in own.values():
         uses[id(leaf)] = uses.get(id(leaf), 0) + 1
-    for own, in_shape, out_shape in records:
+    for module, own, in_shape, out_shape in records:
       kernel = index.get(id(own.get("kernel")))
       bias = index.get(id(own["bias"])) if "bias" in own else None
-      ok = (kernel is not None and jnp.ndim(leaves[kernel]) == 2
+      rank = 2 if type(module) is nn.Dense else 4
+      conv = _conv_config(module) if rank == 4 else None
+      ok = (kernel is not None and jnp.ndim(leaves[kernel]) == rank
             and ("bias" not in own or bias is not None)
             and all(uses[id(leaf)] == 1 for leaf in own.values())
-            and len(in_shape) == 2 and in_shape[0] == 1 and len(out_shape) == 2)
-      plan.append(_DenseCall(kernel, bias, out_shape) if ok else None)
+            and len(in_shape) == rank and in_shape[0] == 1 and len(out_shape) == rank
+            and (rank == 2 or conv is not None))
+      plan.append(_Shortcut(kernel, bias, out_shape, conv) if ok else None)
 
   jax.eval_shape(trace, leaves, x)
   return plan
 
 
-def _interceptors(local: bool, layer_outputs: list, head_seen: list, dense):
-  """Local MAS first (outermost), so the Dense perturbation lands inside what it records."""
+def _interceptors(local: bool, layer_outputs: list, head_seen: list, shortcut):
+  """Local MAS outermost, so the shortcut's perturbation lands inside what it records."""
   stack = contextlib.ExitStack()
   if local:
     stack.enter_context(nn.intercept_methods(_local_interceptor(layer_outputs, head_seen)))
-  stack.enter_context(nn.intercept_methods(dense))
+  stack.enter_context(nn.intercept_methods(shortcut))
   return stack
+
+
+def _conv_patches(x, kernel_shape, conv):
+  """[1, H, W, C] → [H', W', C·kh·kw] receptive fields (features ordered c, kh, kw)."""
+  strides, padding, input_dilation, kernel_dilation = conv
+  return jax.lax.conv_general_dilated_patches(
+      x, kernel_shape[:2], strides, padding, input_dilation, kernel_dilation,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
 
 
 def _per_sample_statistic(out_fn: Callable, cotangent_fn: Callable, phi: Callable,
@@ -479,13 +530,16 @@ def _per_sample_statistic(out_fn: Callable, cotangent_fn: Callable, phi: Callabl
   ``cotangent_fn(y, extra) -> (u [K, *y.shape], w [K])`` picks the cotangents and their
   weights. ``index`` [n_batches, batch_size] selects rows of ``images``; ``valid`` masks
   the padding; ``extras`` [N, ...] are per-sample inputs of ``cotangent_fn``.
+
+  Shortcuts (φ is multiplicative: φ(ab) = φ(a)φ(b)): a Dense kernel's per-sample
+  gradient is a⊗δ, so Σ_b φ(a_b)⊗Σ_k w φ(δ_bk) is one matmul per mini-batch; a Conv
+  kernel's is patchesᵀ·δ, a matmul per sample instead of a vmapped transposed conv.
   """
   leaves, treedef = jax.tree.flatten(params)
-  plan = _plan_dense_calls(out_fn, leaves, treedef, images[0], local)
-  fast = {i for call in plan if call is not None for i in (call.kernel, call.bias)
-          if i is not None}
-  generic = [i for i in range(len(leaves)) if i not in fast]
+  plan = _plan_shortcuts(out_fn, leaves, treedef, images[0], local)
   calls = [call for call in plan if call is not None]
+  fast = {i for call in calls for i in (call.kernel, call.bias) if i is not None}
+  generic = [i for i in range(len(leaves)) if i not in fast]
 
   def one_sample(x, extra, weight):
     def forward(generic_leaves, perturbations):
@@ -493,12 +547,12 @@ def _per_sample_statistic(out_fn: Callable, cotangent_fn: Callable, phi: Callabl
       for i, leaf in zip(generic, generic_leaves):
         full[i] = leaf
       layer_outputs, head_seen, layer_inputs = [], [], []
-      dense = _dense_interceptor(plan, perturbations, layer_inputs)
-      with _interceptors(local, layer_outputs, head_seen, dense):
+      shortcut = _shortcut_interceptor(plan, perturbations, layer_inputs)
+      with _interceptors(local, layer_outputs, head_seen, shortcut):
         out = out_fn(treedef.unflatten(full), x)
       if local:   # the head's slow map is in `out` only if a head ran
         out = (out if head_seen else None, layer_outputs)
-      return out, [jax.lax.stop_gradient(a[0]) for a in layer_inputs]
+      return out, [jax.lax.stop_gradient(a) for a in layer_inputs]
 
     zeros = [jnp.zeros(call.out_shape, leaves[call.kernel].dtype) for call in calls]
     y, vjp_fn, inputs = jax.vjp(forward, [leaves[i] for i in generic], zeros,
@@ -507,31 +561,47 @@ def _per_sample_statistic(out_fn: Callable, cotangent_fn: Callable, phi: Callabl
     weights = weights * weight
     grads, deltas = jax.vmap(vjp_fn)(cotangents)
     weighted = lambda g: jnp.tensordot(weights, phi(g), axes=1)
-    return ([weighted(g) for g in grads], [weighted(d)[0] for d in deltas],
-            [phi(a) for a in inputs])
+    stats = []
+    for call, a, delta in zip(calls, inputs, deltas):
+      delta = delta[:, 0]                                      # [K, out] / [K, H', W', out]
+      if call.conv is None:    # kernel from (φ(a), Σ_k w φ(δ_k)) after the batch sum
+        stats.append((phi(a[0]), weighted(delta), weighted(delta)))
+      else:
+        patches = _conv_patches(a, jnp.shape(leaves[call.kernel]), call.conv)
+        kernel_grads = jnp.einsum("hwf,khwo->kfo", patches, delta)
+        stats.append((None, weighted(kernel_grads), weighted(delta.sum((1, 2)))))
+    return [weighted(g) for g in grads], stats
 
   def body(total, batch):
     idx, ok = batch
-    generic_sum, kernels, biases = total
-    g, d, a = jax.vmap(one_sample)(images[idx], jax.tree.map(lambda e: e[idx], extras),
-                                   ok.astype(images.dtype))
+    generic_sum, shortcut_sums = total
+    g, stats = jax.vmap(one_sample)(images[idx], jax.tree.map(lambda e: e[idx], extras),
+                                    ok.astype(images.dtype))
     generic_sum = [s + gi.sum(0) for s, gi in zip(generic_sum, g)]
-    kernels = [k + ai.T @ di for k, ai, di in zip(kernels, a, d)]   # Σ_b φ(a_b)⊗φ(δ_b)
-    biases = [b + di.sum(0) for b, di in zip(biases, d)]
-    return (generic_sum, kernels, biases), None
+    shortcut_sums = [
+        (kernel + (right.sum(0) if left is None else left.T @ right), bias + db.sum(0))
+        for (kernel, bias), (left, right, db) in zip(shortcut_sums, stats)]
+    return (generic_sum, shortcut_sums), None
+
+  def kernel_sum_shape(call):
+    shape = jnp.shape(leaves[call.kernel])
+    return shape if call.conv is None else (math.prod(shape[:3]), shape[3])
 
   init = ([jnp.zeros_like(leaves[i]) for i in generic],
-          [jnp.zeros_like(leaves[c.kernel]) for c in calls],
-          [jnp.zeros(c.out_shape[-1:], leaves[c.kernel].dtype) for c in calls])
-  (generic_sum, kernels, biases), _ = jax.lax.scan(body, init, (index, valid))
+          [(jnp.zeros(kernel_sum_shape(c), leaves[c.kernel].dtype),
+            jnp.zeros(c.out_shape[-1:], leaves[c.kernel].dtype)) for c in calls])
+  (generic_sum, shortcut_sums), _ = jax.lax.scan(body, init, (index, valid))
   count = jnp.maximum(valid.sum(), 1).astype(images.dtype)
   result = list(leaves)
   for i, s in zip(generic, generic_sum):
     result[i] = s / count
-  for call, k, b in zip(calls, kernels, biases):
-    result[call.kernel] = k / count
+  for call, (kernel, bias) in zip(calls, shortcut_sums):
+    shape = jnp.shape(leaves[call.kernel])
+    if call.conv is not None:   # patch features are ordered (c, kh, kw); kernel is HWIO
+      kernel = kernel.reshape(shape[2], shape[0], shape[1], shape[3]).transpose(1, 2, 0, 3)
+    result[call.kernel] = kernel / count
     if call.bias is not None:
-      result[call.bias] = (b / count).reshape(jnp.shape(leaves[call.bias]))
+      result[call.bias] = (bias / count).reshape(jnp.shape(leaves[call.bias]))
   return treedef.unflatten(result)
 
 

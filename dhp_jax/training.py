@@ -586,7 +586,7 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
       first_task = done
       log(f"resuming {out_dir} after task {done}/{num_tasks}")
     elif resume:
-      log(f"--resume: nothing to resume in {out_dir}; starting fresh")
+      log(f"nothing to resume in {out_dir} yet; starting from task 1")
   if first_task == 0:
     init_acc = eval_all(state)[:, :]  # accuracy of the untrained model (for FWT)
 

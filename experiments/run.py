@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from dhp_jax import plotting, training
 
@@ -119,6 +119,7 @@ def main(argv=None) -> dict:
 
 def _absl_main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
   run(flags.FLAGS)
 
 

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Mapping, Optional
 
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 
@@ -206,6 +206,7 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
   overrides = dict(epochs=FLAGS.epochs, num_tasks=FLAGS.num_tasks,
                    train_subset=FLAGS.train_subset, importance_samples=FLAGS.importance_samples)
   run_table(FLAGS.benchmarks, FLAGS.rows, FLAGS.preset, FLAGS.num_seeds, FLAGS.out_root,
