@@ -414,7 +414,10 @@ def _conv_config(module: nn.Conv) -> Optional[tuple]:
     padding = ((padding, padding),) * 2
   else:
     padding = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
-  if len(padding) != 2 and not isinstance(padding, str):
+  if not isinstance(padding, str) and (
+      len(padding) != 2 or any(p < 0 for pads in padding for p in pads)):
+    return None
+  if pair(module.input_dilation) != (1, 1):
     return None
   return (pair(module.strides), padding, pair(module.input_dilation),
           pair(module.kernel_dilation))
@@ -513,12 +516,24 @@ def _interceptors(local: bool, layer_outputs: list, head_seen: list, shortcut):
   return stack
 
 
-def _conv_patches(x, kernel_shape, conv):
-  """[1, H, W, C] → [H', W', C·kh·kw] receptive fields (features ordered c, kh, kw)."""
-  strides, padding, input_dilation, kernel_dilation = conv
-  return jax.lax.conv_general_dilated_patches(
-      x, kernel_shape[:2], strides, padding, input_dilation, kernel_dilation,
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+def _conv_patches(x, kernel_shape, out_shape, conv):
+  """Receptive fields of a 2-D conv: [1, H, W, C] → [kh, kw, H', W', C].
+
+  Strided slices of the padded input (an identity-kernel convolution, as
+  ``lax.conv_general_dilated_patches``, costs C·kh·kw times more).
+  """
+  strides, padding, _, dilation = conv
+  x = x[0]
+  if isinstance(padding, str):
+    window = [(k - 1) * d + 1 for k, d in zip(kernel_shape[:2], dilation)]
+    padding = jax.lax.padtype_to_pads(x.shape[:2], window, strides, padding)
+  x = jnp.pad(x, (*padding, (0, 0)))
+  rows, cols = out_shape[1:3]
+  return jnp.stack([
+      jnp.stack([x[i * dilation[0]: i * dilation[0] + (rows - 1) * strides[0] + 1: strides[0],
+                   j * dilation[1]: j * dilation[1] + (cols - 1) * strides[1] + 1: strides[1]]
+                 for j in range(kernel_shape[1])])
+      for i in range(kernel_shape[0])])
 
 
 def _per_sample_statistic(out_fn: Callable, cotangent_fn: Callable, phi: Callable,
@@ -567,8 +582,8 @@ def _per_sample_statistic(out_fn: Callable, cotangent_fn: Callable, phi: Callabl
       if call.conv is None:    # kernel from (φ(a), Σ_k w φ(δ_k)) after the batch sum
         stats.append((phi(a[0]), weighted(delta), weighted(delta)))
       else:
-        patches = _conv_patches(a, jnp.shape(leaves[call.kernel]), call.conv)
-        kernel_grads = jnp.einsum("hwf,khwo->kfo", patches, delta)
+        patches = _conv_patches(a, jnp.shape(leaves[call.kernel]), call.out_shape, call.conv)
+        kernel_grads = jnp.einsum("ijhwc,khwo->kijco", patches, delta)
         stats.append((None, weighted(kernel_grads), weighted(delta.sum((1, 2)))))
     return [weighted(g) for g in grads], stats
 
@@ -583,12 +598,8 @@ def _per_sample_statistic(out_fn: Callable, cotangent_fn: Callable, phi: Callabl
         for (kernel, bias), (left, right, db) in zip(shortcut_sums, stats)]
     return (generic_sum, shortcut_sums), None
 
-  def kernel_sum_shape(call):
-    shape = jnp.shape(leaves[call.kernel])
-    return shape if call.conv is None else (math.prod(shape[:3]), shape[3])
-
   init = ([jnp.zeros_like(leaves[i]) for i in generic],
-          [(jnp.zeros(kernel_sum_shape(c), leaves[c.kernel].dtype),
+          [(jnp.zeros_like(leaves[c.kernel]),
             jnp.zeros(c.out_shape[-1:], leaves[c.kernel].dtype)) for c in calls])
   (generic_sum, shortcut_sums), _ = jax.lax.scan(body, init, (index, valid))
   count = jnp.maximum(valid.sum(), 1).astype(images.dtype)
@@ -596,9 +607,6 @@ def _per_sample_statistic(out_fn: Callable, cotangent_fn: Callable, phi: Callabl
   for i, s in zip(generic, generic_sum):
     result[i] = s / count
   for call, (kernel, bias) in zip(calls, shortcut_sums):
-    shape = jnp.shape(leaves[call.kernel])
-    if call.conv is not None:   # patch features are ordered (c, kh, kw); kernel is HWIO
-      kernel = kernel.reshape(shape[2], shape[0], shape[1], shape[3]).transpose(1, 2, 0, 3)
     result[call.kernel] = kernel / count
     if call.bias is not None:
       result[call.bias] = (bias / count).reshape(jnp.shape(leaves[call.bias]))
