@@ -40,16 +40,18 @@ Cost of the estimators. Every estimator is a sum over samples of an elementwise 
 (square for the Fisher, abs for MAS) of per-sample gradients ``Jᵀu`` (u: one cotangent per
 class for the exact Fisher, one in total otherwise), computed with ``jax.vmap`` over the
 samples of a mini-batch and ``lax.scan`` over mini-batches. Materialising per-sample
-gradients costs N·K·P memory traffic (K cotangents, P parameters) — minutes for the
-784-400-400-10 MLP on 60k samples. So every ``flax.linen.Dense`` call whose kernel is a
-parameter leaf used by that call only takes a shortcut: its per-sample kernel gradient is
-the outer product a⊗δ (a: the layer's input, δ: the cotangent at its output), and
-φ(a⊗δ) = φ(a)⊗φ(δ) for φ ∈ {square, abs}, so the sum over samples is one matmul
-φ(A)ᵀ·Σ_k w_k φ(Δ_k). δ is read as the gradient of a zero perturbation added to the
-layer's output (flax method interception). All other leaves (heads, convolutions,
-anything not in Flax) go through plain per-sample gradients; peak memory per mini-batch is
-batch_size·K·(their size). ``apply_fn`` must therefore not be jitted on its own (jit
-would hide the layer calls; the estimators jit themselves).
+gradients costs N·K·P memory traffic (K cotangents, P parameters): ~8 min for the exact
+Fisher of the 784-400-400-10 MLP on 60k samples. So the ``flax.linen.Dense`` and 2-D
+``nn.Conv`` calls made inside ``apply_fn`` (exact types, kernel used by that call only)
+take a shortcut. δ, the cotangent at a layer's output, is read as the gradient of a zero
+perturbation added there (Flax method interception); the kernel itself is never
+differentiated per sample. Dense: the per-sample kernel gradient is a⊗δ (a: the input)
+and φ(a⊗δ) = φ(a)⊗φ(δ) for φ ∈ {square, abs}, so the sum over samples is one matmul
+φ(A)ᵀ·Σ_k w_k φ(Δ_k). Conv: patchesᵀ·δ, one small matmul per sample. Everything else
+(heads, other layers, plain functions) uses plain per-sample gradients; peak memory per
+mini-batch ≈ batch_size·K·(their size). Measured on 2 CPU cores, 60k MNIST, that MLP:
+exact Fisher 14–16 s, empirical 4.4 s, MAS 5.3 s. A jitted ``apply_fn`` hides its layer
+calls: correct results through the slow path (``mas_local_importance`` refuses it).
 """
 from __future__ import annotations
 
@@ -382,6 +384,11 @@ class _Shortcut(NamedTuple):
   conv: Optional[tuple] = None
 
 
+_UNSEEN_LAYERS = ("apply_fn must call its Flax layers at trace time: do not pass a jitted "
+                  "apply_fn (jit caches the trace and hides the layer calls; the estimators "
+                  "jit themselves), and mas_local_importance needs Flax layers")
+
+
 def _is_call(context, types) -> bool:
   return context.method_name == "__call__" and isinstance(context.module, types)
 
@@ -452,13 +459,16 @@ def _shortcut_interceptor(plan: list, perturbations: list, layer_inputs: list):
   ``plan`` holds, per Dense/Conv call in call order, a ``_Shortcut`` or None; the
   gradient with respect to a perturbation is the cotangent δ at that layer's output.
   """
-  calls = iter(range(len(plan)))
   slots = {i: slot for slot, i in enumerate(i for i, call in enumerate(plan) if call)}
+  seen = []
 
   def intercept(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     if _is_shortcut_call(context):
-      i = next(calls)
+      i = len(seen)
+      seen.append(i)
+      if i >= len(plan):
+        raise ValueError(_UNSEEN_LAYERS)
       if i in slots:
         layer_inputs.append(args[0])
         out = out + perturbations[slots[i]]
@@ -565,6 +575,8 @@ def _per_sample_statistic(out_fn: Callable, cotangent_fn: Callable, phi: Callabl
       shortcut = _shortcut_interceptor(plan, perturbations, layer_inputs)
       with _interceptors(local, layer_outputs, head_seen, shortcut):
         out = out_fn(treedef.unflatten(full), x)
+      if len(layer_inputs) != len(calls) or (local and not (layer_outputs or head_seen)):
+        raise ValueError(_UNSEEN_LAYERS)
       if local:   # the head's slow map is in `out` only if a head ran
         out = (out if head_seen else None, layer_outputs)
       return out, [jax.lax.stop_gradient(a) for a in layer_inputs]
@@ -673,8 +685,8 @@ def fisher_diagonal(apply_fn: Callable, params: PyTree, images: jax.Array,
     'sample':    mean_x g_ŷ²            — one ŷ ~ p per sample (needs ``key``).
 
   Args:
-    apply_fn: ``(params, x [B, ...]) -> logits [B, C]``, restricted to the task's outputs;
-      not jitted itself (see the module docstring).
+    apply_fn: ``(params, x [B, ...]) -> logits [B, C]``, restricted to the task's outputs.
+      Pass it unjitted so its Dense/Conv layers can take the shortcut (module docstring).
     params: the parameters to differentiate (any pytree).
     images: float [N, ...] preprocessed inputs.
     labels: int [N] in [0, C), indices into apply_fn's outputs; needed for 'empirical'.
@@ -774,6 +786,6 @@ def mas_local_importance(apply_fn: Callable, params: PyTree, images: jax.Array, 
   called inside ``apply_fn`` (output = its pre-activation), and the output head, which
   counts as the slow linear map h·θ (+b) (θ₁+θ₂ for the matched head), restricted like
   ``apply_fn``'s logits. α, η and parameters of other layer types get 0. ``apply_fn``
-  must run Flax modules, unjitted. Arguments as ``mas_importance``.
+  must run Flax modules, unjitted (else ValueError). Arguments as ``mas_importance``.
   """
   return _mas(apply_fn, params, images, num_samples, batch_size, key, local=True)

@@ -52,6 +52,9 @@ def define_flags(fv: flags.FlagValues) -> None:
                      upper_bound=1.0, flag_values=fv)
   flags.DEFINE_enum("fisher_mode", "exact", list(training.FISHER_MODES),
                     "Fisher estimate for (Online) EWC.", flag_values=fv)
+  flags.DEFINE_enum("mas_variant", "global", list(training.MAS_VARIANTS),
+                    "MAS importance: global (output norm) or local (layer-wise, Hebbian).",
+                    flag_values=fv)
   flags.DEFINE_integer("importance_samples", None,
                        "Samples for the Fisher/MAS estimate (0 = whole task).",
                        lower_bound=0, flag_values=fv)
@@ -84,7 +87,8 @@ def config_from_flags(fv: flags.FlagValues) -> training.Config:
   overrides = {name: fv[name].value for name in _OVERRIDES}
   return training.make_config(fv.benchmark, fv.preset, fv.method, head=head,
                               freeze_alpha=fv.freeze_alpha, theta_init=fv.theta_init,
-                              fisher_mode=fv.fisher_mode, eta_constraint=fv.eta_constraint,
+                              fisher_mode=fv.fisher_mode, mas_variant=fv.mas_variant,
+                              eta_constraint=fv.eta_constraint,
                               scenario=fv.scenario, train_subset=fv.train_subset,
                               num_seeds=fv.num_seeds, seed=fv.seed, **overrides)
 

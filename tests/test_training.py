@@ -89,9 +89,11 @@ def test_sharded_seeds_equal_one_device(tmp_path, mnist):
   np.testing.assert_allclose(one["trace"]["eta"], sharded["trace"]["eta"], rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["ewc", "mas"])
+@pytest.mark.parametrize("method", ["ewc", "mas", "mas_local"])
 def test_consolidation_methods_run_and_penalise_after_task_one(tmp_path, mnist, method):
-  results, _ = _run(tmp_path, method, f"--method={method}", "--importance_samples=256")
+  args = ["--method=mas", "--mas_variant=local"] if method == "mas_local" else [
+      f"--method={method}"]
+  results, _ = _run(tmp_path, method, *args, "--importance_samples=256")
   assert results["completed_tasks"] == 2
 
 
