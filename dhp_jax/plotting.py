@@ -36,6 +36,7 @@ def plot_accuracy(runs: Mapping[str, Mapping], path: str, title: str = "") -> No
     x = np.arange(1, len(mean) + 1)
     ax.errorbar(x, 100 * mean, yerr=100 * sem, marker="o", ms=3, capsize=2,
                 label=f"{label} ({100 * mean[-1]:.2f}%)")
+  ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
   ax.set_xlabel("number of tasks learned")
   ax.set_ylabel("average test accuracy (%)")
   ax.set_title(title)
