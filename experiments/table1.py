@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Mapping, Optional
 
 from absl import app, flags, logging

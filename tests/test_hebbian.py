@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from dhp_jax import hebbian
-from dhp_jax.hebbian import DHPParams, dhp_apply, dhp_init, hebb_update, init_hebb
+from dhp_jax.hebbian import dhp_apply, dhp_init, hebb_update, init_hebb
 
 
 def reference_hebb_update(hebb, h, labels, eta, mask=None):
