@@ -116,8 +116,11 @@ def markdown(benchmark: str, entry: Mapping) -> str:
     verdict = ""
     base = _BASELINE_OF.get(row)
     if base in rows:
-      verdict = "yes" if r["avg_accuracy"]["mean"] >= rows[base]["avg_accuracy"]["mean"] \
-          else "no"
+      ours, theirs = r["avg_accuracy"], rows[base]["avg_accuracy"]
+      verdict = "yes" if ours["mean"] >= theirs["mean"] else "no"
+      # A difference inside the combined SEM is not evidence either way.
+      if abs(ours["mean"] - theirs["mean"]) <= (ours["sem"] ** 2 + theirs["sem"] ** 2) ** 0.5:
+        verdict += " (within SEM)"
     lines.append(f"| {ROW_LABELS[row]}{done} | {_cell(r['avg_accuracy'], 'pct')} | {p_acc} | "
                  f"{delta} | {_cell(r['bwt'], 'bwt')} | {p_bwt} | {verdict} |")
   wall = entry.get("wall_time_s")

@@ -31,7 +31,7 @@ def _write_tree(root, rows_accs, **overrides):
 
 def test_table_from_fake_results_tree(tmp_path):
   rows = {"finetune": [0.90, 0.92], "dhp": [0.95, 0.97], "si": [0.98, 0.98],
-          "dhp+si": [0.97, 0.97]}
+          "dhp+si": [0.97, 0.97], "mas": [0.98, 0.99], "dhp+mas": [0.984, 0.984]}
   bench_dir = _write_tree(str(tmp_path), rows)
   entry = table1.write_tables(bench_dir, "split_mnist", "quick", list(rows))
   assert entry["rows"]["dhp"]["avg_accuracy"]["mean"] == pytest.approx(96.0)
@@ -43,6 +43,8 @@ def test_table_from_fake_results_tree(tmp_path):
     md = f.read()
   assert "| DHP Softmax | 96.00 ± 1.00 | 98.23 | -2.23 | -0.100 ± 0.000 | -0.02 | yes |" in md
   assert "| DHP Softmax + SI | 97.00 ± 0.00 | 99.15 | -2.15 |" in md and "| no |" in md
+  assert "| DHP Softmax + MAS | 98.40 ± 0.00 | 98.43 | -0.03 |" in md
+  assert "| no (within SEM) |" in md  # 98.4 vs 98.5 ± 0.5
   assert "Data: a data note" in md
   assert os.path.getsize(os.path.join(bench_dir, "accuracy.png")) > 1000
 
