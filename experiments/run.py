@@ -124,6 +124,10 @@ def main(argv=None) -> dict:
 def _absl_main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
+  try:
+    config_from_flags(flags.FLAGS)
+  except ValueError as e:  # bad flag combinations: a usage error, before any training
+    raise app.UsageError(str(e)) from e
   run(flags.FLAGS)
 
 

@@ -159,16 +159,19 @@ def write_tables(bench_dir: str, benchmark: str, preset: str, rows) -> Optional[
 
 
 
+def check_names(benchmarks, rows) -> None:
+  """ValueError naming the flag when a benchmark or row name is unknown."""
+  for flag, values, known in (("benchmarks", benchmarks, training.BENCHMARKS),
+                              ("rows", rows, tuple(ROWS))):
+    unknown = [v for v in values if v not in known]
+    if unknown:
+      raise ValueError(f"--{flag}: unknown {unknown}; expected some of {list(known)}")
+
+
 def run_table(benchmarks, rows, preset, num_seeds, out_root, *, seed=0, data_dir=None,
               progress=True, train=training.train_and_evaluate, **overrides) -> dict:
   """Runs the missing rows of every benchmark and writes its tables; returns them."""
-  for name in benchmarks:
-    if name not in training.BENCHMARKS:
-      raise ValueError(f"--benchmarks: unknown benchmark {name!r}; expected some of "
-                       f"{training.BENCHMARKS}")
-  for row in rows:
-    if row not in ROWS:
-      raise ValueError(f"--rows: unknown row {row!r}; expected some of {list(ROWS)}")
+  check_names(benchmarks, rows)
   tables = {}
   for benchmark in benchmarks:
     bench_dir = os.path.join(out_root, f"{benchmark}_{preset}")
@@ -211,6 +214,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
   overrides = dict(epochs=FLAGS.epochs, num_tasks=FLAGS.num_tasks,
                    train_subset=FLAGS.train_subset, importance_samples=FLAGS.importance_samples)
+  try:
+    check_names(FLAGS.benchmarks, FLAGS.rows)
+  except ValueError as e:  # a usage error, before any training
+    raise app.UsageError(str(e)) from e
   run_table(FLAGS.benchmarks, FLAGS.rows, FLAGS.preset, FLAGS.num_seeds, FLAGS.out_root,
             seed=FLAGS.seed, data_dir=FLAGS.data_dir, progress=FLAGS.progress, **overrides)
 
