@@ -603,7 +603,7 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
     elif resume:
       log(f"nothing to resume in {out_dir} yet; starting from task 1")
   if first_task == 0:
-    init_acc = eval_all(state)[:, :]  # accuracy of the untrained model (for FWT)
+    init_acc = eval_all(state)  # accuracy of the untrained model (for FWT)
 
   bar = None
   if progress:

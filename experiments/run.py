@@ -100,9 +100,10 @@ def write_figures(config: training.Config, results: dict, out_dir: str) -> None:
   plotting.plot_plasticity(results, os.path.join(out_dir, "plasticity.png"), title)
 
 
-def run(fv: flags.FlagValues) -> dict:
-  """Runs the experiment the parsed flags describe; returns the results payload."""
-  config = config_from_flags(fv)
+def run(fv: flags.FlagValues, config: training.Config | None = None) -> dict:
+  """Runs the experiment the parsed flags describe (``config``: already built from them);
+  returns the results payload."""
+  config = config or config_from_flags(fv)
   out_dir = fv.out_dir or os.path.join(
       "runs", f"{config.benchmark}_{config.preset}_{config.method}_{config.head}")
   results = training.train_and_evaluate(config, out_dir, data_dir=fv.data_dir,
@@ -125,10 +126,10 @@ def _absl_main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
   try:
-    config_from_flags(flags.FLAGS)
+    config = config_from_flags(flags.FLAGS)
   except ValueError as e:  # bad flag combinations: a usage error, before any training
     raise app.UsageError(str(e)) from e
-  run(flags.FLAGS)
+  run(flags.FLAGS, config)
 
 
 if __name__ == "__main__":
