@@ -46,7 +46,7 @@ def step_macs(hidden=(400, 400), inputs=784, classes=10) -> int:
   return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-def make_epoch(head: str, num_seeds: int, steps: int):
+def make_epoch(head: str, num_seeds: int, steps: int, xla_defaults: bool = False):
   """A compiled, warmed-up, vmapped epoch of ``steps`` steps; returns a runner that
   executes it once and returns its wall time."""
   config = training.make_config("permuted_mnist", "paper", "finetune", head=head,
@@ -58,7 +58,7 @@ def make_epoch(head: str, num_seeds: int, steps: int):
   optimizer = training.make_optimizer(config)
   keys = jax.vmap(jax.random.key)(jnp.arange(num_seeds, dtype=jnp.uint32))
   create = lambda k: training.create_state(k, model, streams[0].input_shape, optimizer)
-  state = jax.jit(jax.vmap(create))(keys)
+  state = training.seed_jit(create, 0)(keys)
   split = training._subset(streams[0].tasks[0].train, config.train_subset)
   perms = training._stack_permutations([s.tasks[0] for s in streams])
 
@@ -66,7 +66,7 @@ def make_epoch(head: str, num_seeds: int, steps: int):
     return training.train_epoch(state, key, split, perm, batch_size=64, model=model,
                                 optimizer=optimizer)
 
-  fn = jax.jit(jax.vmap(epoch, in_axes=(0, 0, None, 0)))
+  fn = training.seed_jit(epoch, (0, 0, None, 0), xla_defaults=xla_defaults)
   holder = {"state": fn(state, keys, split, perms)[0]}   # compile + warm-up
   jax.block_until_ready(holder["state"])
 
@@ -83,8 +83,9 @@ def main(argv):
   del argv
   roofline = matmul_flops()
   flops_per_sample = 6 * step_macs()
-  configs = [(head, int(s)) for head in ("matched", "dhp") for s in _SEEDS.value]
-  runners = {c: make_epoch(*c, _STEPS.value) for c in configs}
+  configs = [(head, int(s), False) for head in ("matched", "dhp") for s in _SEEDS.value]
+  configs += [("dhp", int(s), True) for s in _SEEDS.value]
+  runners = {c: make_epoch(c[0], c[1], _STEPS.value, xla_defaults=c[2]) for c in configs}
   # Round-robin repeats, best time per config: slow drifts of a shared machine hit every
   # configuration alike instead of whichever happened to run last.
   best = {c: float("inf") for c in configs}
@@ -92,12 +93,13 @@ def main(argv):
     for c in configs:
       best[c] = min(best[c], runners[c]())
   rows = {}
-  for head, s in configs:
-    sps = s * _STEPS.value * 64 / best[(head, s)]
-    rows[f"{head}_{s}"] = {"head": head, "num_seeds": s, "samples_per_s": sps,
-                           "step_flops_per_s": sps * flops_per_sample,
-                           "fraction_of_roofline": sps * flops_per_sample / roofline}
-    print(f"{head:8s} seeds={s:3d}  {sps:12,.0f} samples/s  "
+  for head, s, xla_defaults in configs:
+    sps = s * _STEPS.value * 64 / best[(head, s, xla_defaults)]
+    name = f"{head}_{s}" + ("_xla_defaults" if xla_defaults else "")
+    rows[name] = {"head": head, "num_seeds": s, "xla_defaults": xla_defaults,
+                  "samples_per_s": sps, "step_flops_per_s": sps * flops_per_sample,
+                  "fraction_of_roofline": sps * flops_per_sample / roofline}
+    print(f"{name:22s} {sps:12,.0f} samples/s  "
           f"{sps * flops_per_sample / 1e9:7.1f} GFLOP/s  "
           f"({100 * sps * flops_per_sample / roofline:5.1f}% of matmul roofline)")
   one = int(_SEEDS.value[0])
@@ -106,6 +108,10 @@ def main(argv):
       / rows[f"dhp_{one}"]["samples_per_s"],
       **{f"dhp_{s}seeds_total_over_1seed": rows[f"dhp_{s}"]["samples_per_s"]
          / rows[f"dhp_{one}"]["samples_per_s"] for s in (int(x) for x in _SEEDS.value)},
+      **{f"dhp_{s}seeds_total_over_1seed_xla_defaults":
+         rows[f"dhp_{s}_xla_defaults"]["samples_per_s"]
+         / rows[f"dhp_{one}_xla_defaults"]["samples_per_s"]
+         for s in (int(x) for x in _SEEDS.value)},
   }
   payload = {"machine": {"devices": [str(d) for d in jax.devices()],
                          "cpu_count": os.cpu_count(), "jax": jax.__version__},

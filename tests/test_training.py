@@ -45,12 +45,15 @@ def test_binary_writes_valid_results(tmp_path, mnist):
 
 def test_vmapped_seeds_equal_separate_runs(tmp_path, mnist):
   both, _ = _run(tmp_path, "both", "--num_seeds=2", "--seed=5")
+  # Equal up to float reassociation: a seed-batched dot may round differently from a single
+  # one, and lr 0.1 amplifies that over 64 steps (measured: η 1e-3 relative, 29 of 10,000
+  # predictions on the forgotten task). Swapped or shared seeds differ by ~3 % in η.
   for s, seed in enumerate((5, 6)):
     alone, _ = _run(tmp_path, f"alone{seed}", "--num_seeds=1", f"--seed={seed}")
     np.testing.assert_allclose(both["per_seed"][s]["accuracy_matrix_all_tasks"],
-                               alone["per_seed"][0]["accuracy_matrix_all_tasks"], atol=1e-3)
+                               alone["per_seed"][0]["accuracy_matrix_all_tasks"], atol=5e-3)
     np.testing.assert_allclose(np.array(both["trace"]["eta"])[:, s],
-                               np.array(alone["trace"]["eta"])[:, 0], rtol=1e-5)
+                               np.array(alone["trace"]["eta"])[:, 0], rtol=2e-3)
 
 
 def test_resume_after_kill_equals_uninterrupted(tmp_path, mnist):
