@@ -66,7 +66,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dhp_jax import layers
+from dhp_jax import layers, models
 from dhp_jax.hebbian import DHPParams
 
 PyTree = Any
@@ -405,7 +405,7 @@ def _own_params(module) -> Mapping:
 def _conv_config(module: nn.Conv) -> Optional[tuple]:
   """``lax`` arguments that reproduce a plain 2-D ``nn.Conv``, else None (no shortcut)."""
   if (module.feature_group_count != 1 or module.mask is not None
-      or module.conv_general_dilated is not None
+      or module.conv_general_dilated not in (None, models.patch_conv)
       or module.conv_general_dilated_cls is not None):
     return None
 
@@ -526,26 +526,6 @@ def _interceptors(local: bool, layer_outputs: list, head_seen: list, shortcut):
   return stack
 
 
-def _conv_patches(x, kernel_shape, out_shape, conv):
-  """Receptive fields of a 2-D conv: [1, H, W, C] → [kh, kw, H', W', C].
-
-  Strided slices of the padded input (an identity-kernel convolution, as
-  ``lax.conv_general_dilated_patches``, costs C·kh·kw times more).
-  """
-  strides, padding, _, dilation = conv
-  x = x[0]
-  if isinstance(padding, str):
-    window = [(k - 1) * d + 1 for k, d in zip(kernel_shape[:2], dilation)]
-    padding = jax.lax.padtype_to_pads(x.shape[:2], window, strides, padding)
-  x = jnp.pad(x, (*padding, (0, 0)))
-  rows, cols = out_shape[1:3]
-  return jnp.stack([
-      jnp.stack([x[i * dilation[0]: i * dilation[0] + (rows - 1) * strides[0] + 1: strides[0],
-                   j * dilation[1]: j * dilation[1] + (cols - 1) * strides[1] + 1: strides[1]]
-                 for j in range(kernel_shape[1])])
-      for i in range(kernel_shape[0])])
-
-
 def _per_sample_statistic(out_fn: Callable, cotangent_fn: Callable, phi: Callable,
                           params: PyTree, images: jax.Array, index: jax.Array,
                           valid: jax.Array, extras: PyTree, *, local: bool) -> PyTree:
@@ -594,8 +574,10 @@ def _per_sample_statistic(out_fn: Callable, cotangent_fn: Callable, phi: Callabl
       if call.conv is None:    # kernel from (φ(a), Σ_k w φ(δ_k)) after the batch sum
         stats.append((phi(a[0]), weighted(delta), weighted(delta)))
       else:
-        patches = _conv_patches(a, jnp.shape(leaves[call.kernel]), call.out_shape, call.conv)
-        kernel_grads = jnp.einsum("ijhwc,khwo->kijco", patches, delta)
+        strides, padding, _, dilation = call.conv
+        patches = models.conv_patches(a, jnp.shape(leaves[call.kernel])[:2], strides,
+                                      padding, dilation)[0]       # [H', W', kh, kw, C]
+        kernel_grads = jnp.einsum("hwijc,khwo->kijco", patches, delta)
         stats.append((None, weighted(kernel_grads), weighted(delta.sum((1, 2)))))
     return [weighted(g) for g in grads], stats
 

@@ -1,4 +1,6 @@
 """dhp_jax.consolidation against references written plainly here (loops, closed forms)."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,6 +9,7 @@ import optax
 import pytest
 
 from dhp_jax import consolidation as cons
+from dhp_jax import models
 from dhp_jax.hebbian import DHPParams
 from dhp_jax.models import MLP, restrict_logits
 
@@ -270,8 +273,9 @@ class _TinyCNN(nn.Module):
     return self.dense(3, name="out")(x.reshape(x.shape[0], -1))
 
 
+@pytest.mark.parametrize("conv", ["lax", "patch_conv"])
 @pytest.mark.parametrize("estimator", ["exact", "mas"])
-def test_conv_shortcut_equals_per_sample_gradients(estimator):
+def test_conv_shortcut_equals_per_sample_gradients(estimator, conv):
   x = jax.random.normal(jax.random.key(0), (6, 11, 10, 2))
   params = _TinyCNN().init(jax.random.key(1), x)["params"]
 
@@ -281,7 +285,13 @@ def test_conv_shortcut_equals_per_sample_gradients(estimator):
       return cons.mas_importance(apply_fn, params, x, batch_size=4)
     return cons.fisher_diagonal(apply_fn, params, x, batch_size=4)
 
-  shortcut, plain = run(_TinyCNN()), run(_TinyCNN(_GenericConv, _GenericDense))
+  fast_conv = (nn.Conv if conv == "lax" else   # the models' CNN convolution
+               functools.partial(nn.Conv, conv_general_dilated=models.patch_conv))
+  leaves, treedef = jax.tree.flatten(params)
+  one_sample = cons._single_output(lambda p, xb: _TinyCNN(fast_conv).apply({"params": p}, xb))
+  plan = cons._plan_shortcuts(one_sample, leaves, treedef, x[0], False)
+  assert len(plan) == 4 and all(plan)   # three convs and the dense take the shortcut
+  shortcut, plain = run(_TinyCNN(fast_conv)), run(_TinyCNN(_GenericConv, _GenericDense))
   jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-7),
                shortcut, plain)
 

@@ -106,3 +106,37 @@ def test_user_cnn_with_dhp_head_learns_real_mnist(mnist):
   accuracy = float(jnp.mean(jnp.argmax(logits, -1) == mnist.test_labels[:2000]))
   assert accuracy > 0.85, accuracy
   assert float(jnp.abs(hebb["DHPSoftmax_0"]["hebb"]).sum()) > 0
+
+
+@pytest.mark.parametrize("strides,padding,dilation", [
+    ((1, 1), "VALID", (1, 1)), ((2, 1), "SAME", (1, 1)), ((1, 2), ((1, 2), (0, 3)), (2, 1))])
+def test_patch_conv_equals_a_naive_convolution(strides, padding, dilation):
+  x = np.random.default_rng(0).normal(size=(2, 9, 8, 3)).astype(np.float32)
+  w = np.random.default_rng(1).normal(size=(3, 2, 3, 4)).astype(np.float32)
+  # Naive reference: every output pixel as a sum over its window of the padded input.
+  pads = (jax.lax.padtype_to_pads(x.shape[1:3], [(k - 1) * d + 1 for k, d in
+                                                 zip(w.shape[:2], dilation)], strides, padding)
+          if isinstance(padding, str) else padding)
+  xp = np.pad(x, ((0, 0), *pads, (0, 0)))
+  rows = (xp.shape[1] - (w.shape[0] - 1) * dilation[0] - 1) // strides[0] + 1
+  cols = (xp.shape[2] - (w.shape[1] - 1) * dilation[1] - 1) // strides[1] + 1
+  want = np.zeros((2, rows, cols, 4), np.float32)
+  for r in range(rows):
+    for c in range(cols):
+      for i in range(w.shape[0]):
+        for j in range(w.shape[1]):
+          want[:, r, c] += xp[:, r * strides[0] + i * dilation[0],
+                              c * strides[1] + j * dilation[1]] @ w[i, j]
+  got = models.patch_conv(x, w, strides, padding, rhs_dilation=dilation,
+                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME", 2])
+def test_patch_conv_as_flax_calls_it_equals_lax(padding):
+  x = jax.random.uniform(jax.random.key(0), (2, 14, 14, 20))
+  lax_conv = nn.Conv(50, (5, 5), padding=padding)
+  ours = nn.Conv(50, (5, 5), padding=padding, conv_general_dilated=models.patch_conv)
+  params = lax_conv.init(jax.random.key(1), x)
+  np.testing.assert_allclose(ours.apply(params, x), lax_conv.apply(params, x),
+                             rtol=1e-5, atol=1e-5)
