@@ -14,7 +14,7 @@ export DHP_DATA_DIR := $(DATA)$(if $(EXTRA_DATA_DIRS),:$(EXTRA_DATA_DIRS),)
 export XLA_PYTHON_CLIENT_PREALLOCATE := false
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup setup-test fetch clean
+.PHONY: demo test reproduce setup setup-test fetch clean
 
 $(VENV)/.core: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,23 @@ fetch: $(VENV)/.core
 demo: fetch
 	$(PY) experiments/table1.py --benchmarks=permuted_mnist --preset=quick \
 		--rows=finetune,dhp --num_seeds=3 --out_root=runs/demo
+
+# Everything recorded in results/ (BUILD_NOTES.md, "Measured results"), cheapest first.
+# Hours on a 2-core CPU; every row/point resumes from its last finished task, so
+# rerunning after an interruption continues where it stopped.
+reproduce: fetch
+	$(PY) experiments/table1.py --benchmarks=split_mnist --preset=paper --num_seeds=10 \
+		--out_root=results --noprogress
+	$(PY) experiments/table1.py --benchmarks=permuted_mnist,imbalanced_permuted_mnist \
+		--preset=quick --num_seeds=3 --importance_samples=10000 --out_root=results --noprogress
+	$(PY) experiments/eta_sweep.py --benchmarks=split_mnist --preset=paper --num_seeds=5 \
+		--out_root=results --noprogress
+	$(PY) experiments/table1.py --benchmarks=vision_mixture --preset=quick --num_seeds=1 \
+		--out_root=results --noprogress
+	$(PY) experiments/eta_sweep.py --benchmarks=permuted_mnist,imbalanced_permuted_mnist \
+		--preset=quick --num_seeds=5 --out_root=results --noprogress
+	$(PY) experiments/table1.py --benchmarks=permuted_mnist,imbalanced_permuted_mnist \
+		--preset=paper --num_seeds=1 --out_root=results --noprogress
 
 test: $(VENV)/.test fetch
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
