@@ -97,8 +97,12 @@ def markdown(benchmark: str, entry: Mapping) -> str:
   """One benchmark's table: ours (mean ± SEM) beside the paper's, and DHP+X ≥ X?"""
   rows = entry["rows"]
   seeds = sorted({r["num_seeds"] for r in rows.values()})
+  paper_epochs = training.make_config(benchmark, "paper").epochs
+  scale = ("" if entry["epochs"] == paper_epochs else
+           f" — **reduced scale** (the paper: {paper_epochs} epochs/task)")
   lines = [f"### {benchmark} — preset `{entry['preset']}`, {entry['epochs']} epoch(s)/task, "
-           f"{entry['num_tasks']} tasks, seeds per row: {', '.join(map(str, seeds))}", ""]
+           f"{entry['num_tasks']} tasks, seeds per row: {', '.join(map(str, seeds))}{scale}",
+           ""]
   if entry.get("data_notes"):
     lines += [f"Data: {entry['data_notes']}", ""]
   lines += ["| row | ACC % (ours) | ACC % (paper) | Δ ACC | BWT (ours) | BWT (paper) | "

@@ -46,6 +46,7 @@ def test_table_from_fake_results_tree(tmp_path):
   assert "| DHP Softmax + MAS | 98.40 ± 0.00 | 98.43 | -0.03 |" in md
   assert "| no (within SEM) |" in md  # 98.4 vs 98.5 ± 0.5
   assert "Data: a data note" in md
+  assert "**reduced scale** (the paper: 10 epochs/task)" in md   # quick: 2 epochs/task
   assert os.path.getsize(os.path.join(bench_dir, "accuracy.png")) > 1000
 
 
