@@ -492,13 +492,14 @@ def _restore_checkpoint(out_dir: str, target: TrainState) -> tuple[int, TrainSta
 
 
 def is_complete(results_path: str, config: Config) -> bool:
-  """True when ``results_path`` holds a finished run of exactly ``config``."""
+  """True when ``results_path`` holds a finished run of exactly ``config``: all tasks
+  done, or stopped by a recorded divergence (rerunning it would diverge again)."""
   if not os.path.exists(results_path):
     return False
   with open(results_path) as f:
     saved = json.load(f)
   return (config_matches(saved.get("config", {}), config)
-          and saved.get("completed_tasks") == saved.get("num_tasks"))
+          and (saved.get("completed_tasks") == saved.get("num_tasks") or "diverged" in saved))
 
 
 def config_matches(saved: dict, config: Config) -> bool:
@@ -536,6 +537,14 @@ def _per_seed_results(seeds, acc, init_acc, done):
 
 class NonFiniteError(FloatingPointError):
   """Training produced a non-finite loss, trace or parameter."""
+
+
+def _nonfinite_seeds(seeds, loss, state) -> list:
+  """The seeds (by number) whose loss, trace or parameters are non-finite."""
+  ok = np.isfinite(np.asarray(loss))
+  for leaf in jax.tree.leaves((state.params, state.hebb)):
+    ok &= np.isfinite(np.asarray(leaf)).reshape(len(seeds), -1).all(1)
+  return [seed for seed, fine in zip(seeds, ok) if not fine]
 
 
 def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_dir=None,
@@ -644,8 +653,15 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
       if bad:
         if bar:
           bar.close()
-        raise NonFiniteError(f"non-finite {', '.join(bad)} in task {t + 1}, epoch {epoch + 1}; "
-                             f"results up to task {t} are in {out_dir}")
+        diverged = {"task": t + 1, "epoch": epoch + 1, "quantities": bad,
+                    "seeds": _nonfinite_seeds(seeds, stats["loss"], state)}
+        message = (f"non-finite {', '.join(bad)} in task {t + 1}, epoch {epoch + 1} "
+                   f"(seeds {diverged['seeds']}); results up to task {t} are in {out_dir}")
+        if out_dir is not None and t > 0:
+          # Recorded, so a table can show the row as diverged instead of re-running it.
+          with open(results_path) as f:
+            write_json_atomic(results_path, {**json.load(f), "diverged": diverged})
+        raise NonFiniteError(message)
       elapsed = time.time() - tic
       for name, values in jax.vmap(plasticity_stats)(state).items():
         trace[name].append(np.asarray(values).tolist())

@@ -80,6 +80,8 @@ def table_entry(benchmark: str, preset: str, runs: Mapping[str, dict]) -> dict:
         "wall_time_s": results.get("wall_time_s"),
         "paper": None if paper is None else {"avg_accuracy": paper[0], "bwt": paper[1]},
     }
+    if "diverged" in results:
+      rows[row]["diverged"] = results["diverged"]
   any_run = next(iter(runs.values()))
   notes = sorted({n for r in runs.values() for n in r.get("notes", [])})
   return {"preset": preset, "epochs": any_run["config"]["epochs"],
@@ -112,14 +114,23 @@ def markdown(benchmark: str, entry: Mapping) -> str:
       continue
     r = rows[row]
     paper = r["paper"]
-    done = "" if r["completed_tasks"] == r["num_tasks"] else \
+    complete = lambda x: x["completed_tasks"] == x["num_tasks"]
+    done = "" if complete(r) else \
         f" (partial: {r['completed_tasks']}/{r['num_tasks']} tasks)"
+    if "diverged" in r:
+      d = r["diverged"]
+      done = (f" (**diverged**: non-finite {', '.join(d['quantities'])} in task {d['task']}, "
+              f"epoch {d['epoch']}, seeds {d['seeds']}; numbers after task "
+              f"{r['completed_tasks']})")
     p_acc = f"{paper['avg_accuracy']:.2f}" if paper else "—"
     p_bwt = f"{paper['bwt']:+.2f}" if paper else "—"
-    delta = f"{r['avg_accuracy']['mean'] - paper['avg_accuracy']:+.2f}" if paper else "—"
+    delta = f"{r['avg_accuracy']['mean'] - paper['avg_accuracy']:+.2f}" \
+        if paper and complete(r) else "—"
     verdict = ""
     base = _BASELINE_OF.get(row)
-    if base in rows:
+    if base in rows and not (complete(r) and complete(rows[base])):
+      verdict = "n/a (unfinished row)"
+    elif base in rows:
       ours, theirs = r["avg_accuracy"], rows[base]["avg_accuracy"]
       verdict = "yes" if ours["mean"] >= theirs["mean"] else "no"
       # A difference inside the combined SEM is not evidence either way.
@@ -184,7 +195,11 @@ def run_table(benchmarks, rows, preset, num_seeds, out_root, *, seed=0, data_dir
       row_dir = os.path.join(bench_dir, row)
       if training.is_complete(os.path.join(row_dir, "results.json"), config):
         continue
-      results = train(config, row_dir, data_dir=data_dir, resume=True, progress=progress)
+      try:
+        results = train(config, row_dir, data_dir=data_dir, resume=True, progress=progress)
+      except training.NonFiniteError as e:   # recorded in the row's results.json; go on
+        print(f"{training.row_label(config)}: {e}", flush=True)
+        continue
       print(training.summary_line(config, results), flush=True)
       write_tables(bench_dir, benchmark, preset, rows)
     entry = write_tables(bench_dir, benchmark, preset, rows)

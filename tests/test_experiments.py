@@ -77,3 +77,46 @@ def test_eta_sweep_one_point_per_eta(tmp_path, mnist):
   assert len(summary["permuted_mnist"]["mean"]) == len(etas)
   assert all(0.5 < m <= 1 for m in summary["permuted_mnist"]["mean"])
   assert os.path.exists(tmp_path / "eta_sweep_quick" / "eta_sweep.png")
+
+
+def test_a_diverged_row_is_shown_and_not_retrained(tmp_path):
+  rows = {"online_ewc": [0.9], "dhp+online_ewc": [0.95]}
+  bench_dir = _write_tree(str(tmp_path), rows)
+  path = os.path.join(bench_dir, "online_ewc", "results.json")
+  with open(path) as f:
+    saved = json.load(f)
+  saved.update(completed_tasks=1, diverged={"task": 2, "epoch": 1, "quantities": ["loss"],
+                                            "seeds": [0]})
+  with open(path, "w") as f:
+    json.dump(saved, f)
+
+  def must_not_train(*args, **kwargs):
+    raise AssertionError("a diverged row was trained again")
+
+  tables = table1.run_table(["split_mnist"], list(rows), "quick", 1, str(tmp_path),
+                            train=must_not_train)
+  assert tables["split_mnist"]["rows"]["online_ewc"]["diverged"]["task"] == 2
+  with open(os.path.join(bench_dir, "table1.md")) as f:
+    md = f.read()
+  assert ("| Online EWC (**diverged**: non-finite loss in task 2, epoch 1, seeds [0]; "
+          "numbers after task 1) | 90.00 ± 0.00 | 97.65 | — |") in md
+  assert "| DHP Softmax + Online EWC | 95.00 ± 0.00 | 98.96 | -3.96 |" in md
+  assert "n/a (unfinished row) |" in md
+
+
+def test_a_row_that_diverges_does_not_stop_the_table(tmp_path):
+  trained = []
+
+  def train(config, row_dir, **kwargs):
+    trained.append(config.method)
+    if config.method == "si":
+      raise training.NonFiniteError("non-finite loss in task 2, epoch 1")
+    os.makedirs(row_dir)
+    results = _fake_results(config, [0.9])
+    with open(os.path.join(row_dir, "results.json"), "w") as f:
+      json.dump(results, f)
+    return results
+
+  tables = table1.run_table(["split_mnist"], ["si", "mas"], "quick", 1, str(tmp_path),
+                            train=train)
+  assert trained == ["si", "mas"] and set(tables["split_mnist"]["rows"]) == {"mas"}

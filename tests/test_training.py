@@ -105,6 +105,21 @@ def test_non_finite_training_stops_with_task_and_epoch(tmp_path, mnist):
     _run(tmp_path, "diverge", "--lr=1e12")
 
 
+def test_divergence_after_task_one_is_recorded(tmp_path, mnist):
+  # Online EWC's penalty starts at task 2; lr·2λΩ ≫ 2 makes SGD on it blow up there.
+  args = ["--method=online_ewc", "--strength=1e9", "--importance_samples=256",
+          "--num_seeds=2"]
+  with pytest.raises(training.NonFiniteError, match=r"task 2, epoch 1 \(seeds \[0, 1\]\)"):
+    _run(tmp_path, "stiff", *args)
+  with open(tmp_path / "stiff" / "results.json") as f:
+    saved = json.load(f)
+  assert saved["completed_tasks"] == 1 and saved["diverged"]["task"] == 2
+  assert saved["diverged"]["seeds"] == [0, 1] and "loss" in saved["diverged"]["quantities"]
+  config = training.make_config("permuted_mnist", "quick", "online_ewc", **{
+      k: v for k, v in saved["config"].items() if k not in ("benchmark", "preset", "method")})
+  assert training.is_complete(str(tmp_path / "stiff" / "results.json"), config)
+
+
 @pytest.mark.parametrize("bad", [
     "--benchmark=cifar100", "--method=lwf", "--epochs=0", "--num_seeds=0",
     "--strength=-1", "--no_such_flag=1", "--theta_init=xavier",
