@@ -174,6 +174,54 @@ def write_tables(bench_dir: str, benchmark: str, preset: str, rows) -> Optional[
 
 
 
+def side_by_side(out_root: str) -> Optional[str]:
+  """Table I's layout over every ``<out_root>/<benchmark>_<preset>/table1.json``: one
+  column per recorded benchmark and preset, cells "ours (paper)"; None when none exist."""
+  columns = []
+  for benchmark in training.BENCHMARKS:
+    for preset in training.PRESETS:
+      path = os.path.join(out_root, f"{benchmark}_{preset}", "table1.json")
+      if os.path.exists(path):
+        with open(path) as f:
+          columns.append((benchmark, preset, json.load(f)[benchmark]))
+  if not columns:
+    return None
+
+  def cell(entry, row):
+    r = entry["rows"].get(row)
+    if r is None:
+      return "not run"
+    ours = f"{r['avg_accuracy']['mean']:.2f} ± {r['avg_accuracy']['sem']:.2f}"
+    if "diverged" in r:
+      ours = f"diverged in task {r['diverged']['task']}"
+    elif r["completed_tasks"] != r["num_tasks"]:
+      ours = f"{r['completed_tasks']}/{r['num_tasks']} tasks"
+    return ours + (f" ({r['paper']['avg_accuracy']:.2f})" if r["paper"] else "")
+
+  def scale(benchmark, entry):
+    paper_epochs = training.make_config(benchmark, "paper").epochs
+    seeds = "/".join(map(str, sorted({r["num_seeds"] for r in entry["rows"].values()})))
+    epochs = str(entry["epochs"]) if entry["epochs"] == paper_epochs else \
+        f"**{entry['epochs']}** (paper: {paper_epochs})"
+    return f"{epochs} epochs/task, {entry['num_tasks']} tasks, {seeds} seeds"
+
+  lines = ["| row | " + " | ".join(f"{b} ({p})" for b, p, _ in columns) + " |",
+           "|---" * (len(columns) + 1) + "|",
+           "| scale | " + " | ".join(scale(b, e) for b, _, e in columns) + " |"]
+  lines += [f"| {ROW_LABELS[row]} | " + " | ".join(cell(e, row) for _, _, e in columns) + " |"
+            for row in ROWS]
+  return ("Average test accuracy % after the last task, mean ± SEM over seeds; the "
+          "paper's value in parentheses.\n\n" + "\n".join(lines) + "\n")
+
+
+def write_side_by_side(out_root: str) -> None:
+  text = side_by_side(out_root)
+  if text is not None:
+    with open(os.path.join(out_root, "table1.md.tmp"), "w") as f:
+      f.write(text)
+    os.replace(os.path.join(out_root, "table1.md.tmp"), os.path.join(out_root, "table1.md"))
+
+
 def check_names(benchmarks, rows) -> None:
   """ValueError naming the flag when a benchmark or row name is unknown."""
   for flag, values, known in (("benchmarks", benchmarks, training.BENCHMARKS),
@@ -206,6 +254,7 @@ def run_table(benchmarks, rows, preset, num_seeds, out_root, *, seed=0, data_dir
     if entry is not None:
       tables[benchmark] = entry
       print(markdown(benchmark, entry))
+  write_side_by_side(out_root)
   return tables
 
 

@@ -19,6 +19,10 @@ def _fake_results(config, accs):
           "wall_time_s": 60.0}
 
 
+def _must_not_train(*args, **kwargs):
+  raise AssertionError("a finished row was trained again")
+
+
 def _write_tree(root, rows_accs, **overrides):
   bench_dir = os.path.join(root, "split_mnist_quick")
   for row, accs in rows_accs.items():
@@ -53,12 +57,8 @@ def test_table_from_fake_results_tree(tmp_path):
 def test_complete_rows_are_skipped(tmp_path):
   rows = {"finetune": [0.9], "dhp": [0.95]}
   _write_tree(str(tmp_path), rows, epochs=1)
-
-  def must_not_train(*args, **kwargs):
-    raise AssertionError("a complete row was trained again")
-
   tables = table1.run_table(["split_mnist"], list(rows), "quick", 1, str(tmp_path),
-                            train=must_not_train, epochs=1)
+                            train=_must_not_train, epochs=1)
   assert set(tables["split_mnist"]["rows"]) == set(rows)
 
 
@@ -89,12 +89,8 @@ def test_a_diverged_row_is_shown_and_not_retrained(tmp_path):
                                             "seeds": [0]})
   with open(path, "w") as f:
     json.dump(saved, f)
-
-  def must_not_train(*args, **kwargs):
-    raise AssertionError("a diverged row was trained again")
-
   tables = table1.run_table(["split_mnist"], list(rows), "quick", 1, str(tmp_path),
-                            train=must_not_train)
+                            train=_must_not_train)
   assert tables["split_mnist"]["rows"]["online_ewc"]["diverged"]["task"] == 2
   with open(os.path.join(bench_dir, "table1.md")) as f:
     md = f.read()
@@ -120,3 +116,15 @@ def test_a_row_that_diverges_does_not_stop_the_table(tmp_path):
   tables = table1.run_table(["split_mnist"], ["si", "mas"], "quick", 1, str(tmp_path),
                             train=train)
   assert trained == ["si", "mas"] and set(tables["split_mnist"]["rows"]) == {"mas"}
+
+
+def test_side_by_side_table_over_recorded_benchmarks(tmp_path):
+  assert table1.side_by_side(str(tmp_path)) is None
+  _write_tree(str(tmp_path), {"finetune": [0.9], "dhp": [0.95]})
+  table1.run_table(["split_mnist"], ["finetune", "dhp"], "quick", 1, str(tmp_path),
+                   train=_must_not_train)
+  with open(tmp_path / "table1.md") as f:
+    md = f.read()
+  assert "| row | split_mnist (quick) |" in md
+  assert "| scale | **2** (paper: 10) epochs/task, 2 tasks, 1 seeds |" in md
+  assert "| Finetune | 90.00 ± 0.00 (90.43) |" in md and "| SI | not run |" in md
