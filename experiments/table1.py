@@ -90,9 +90,12 @@ def table_entry(benchmark: str, preset: str, runs: Mapping[str, dict]) -> dict:
           "rows": rows}
 
 
-def _cell(stat: Mapping, scale: str) -> str:
-  return f"{stat['mean']:.2f} ± {stat['sem']:.2f}" if scale == "pct" else \
-      f"{stat['mean']:+.3f} ± {stat['sem']:.3f}"
+def _cell(stat: Mapping, scale: str, num_seeds: int = 2) -> str:
+  """"mean ± SEM"; one seed has no SEM, so it shows the value alone."""
+  mean = f"{stat['mean']:.2f}" if scale == "pct" else f"{stat['mean']:+.3f}"
+  if num_seeds < 2:
+    return mean
+  return mean + (f" ± {stat['sem']:.2f}" if scale == "pct" else f" ± {stat['sem']:.3f}")
 
 
 def markdown(benchmark: str, entry: Mapping) -> str:
@@ -134,10 +137,13 @@ def markdown(benchmark: str, entry: Mapping) -> str:
       ours, theirs = r["avg_accuracy"], rows[base]["avg_accuracy"]
       verdict = "yes" if ours["mean"] >= theirs["mean"] else "no"
       # A difference inside the combined SEM is not evidence either way.
-      if abs(ours["mean"] - theirs["mean"]) <= (ours["sem"] ** 2 + theirs["sem"] ** 2) ** 0.5:
+      if min(r["num_seeds"], rows[base]["num_seeds"]) < 2:
+        verdict += " (1 seed: no SEM)"
+      elif abs(ours["mean"] - theirs["mean"]) <= (ours["sem"] ** 2 + theirs["sem"] ** 2) ** 0.5:
         verdict += " (within SEM)"
-    lines.append(f"| {ROW_LABELS[row]}{done} | {_cell(r['avg_accuracy'], 'pct')} | {p_acc} | "
-                 f"{delta} | {_cell(r['bwt'], 'bwt')} | {p_bwt} | {verdict} |")
+    n = r["num_seeds"]
+    lines.append(f"| {ROW_LABELS[row]}{done} | {_cell(r['avg_accuracy'], 'pct', n)} | "
+                 f"{p_acc} | {delta} | {_cell(r['bwt'], 'bwt', n)} | {p_bwt} | {verdict} |")
   wall = entry.get("wall_time_s")
   if wall:
     lines += ["", f"Wall time (sum over rows, this machine): {wall / 60:.1f} min"]
@@ -191,7 +197,7 @@ def side_by_side(out_root: str) -> Optional[str]:
     r = entry["rows"].get(row)
     if r is None:
       return "not run"
-    ours = f"{r['avg_accuracy']['mean']:.2f} ± {r['avg_accuracy']['sem']:.2f}"
+    ours = _cell(r["avg_accuracy"], "pct", r["num_seeds"])
     if "diverged" in r:
       ours = f"diverged in task {r['diverged']['task']}"
     elif r["completed_tasks"] != r["num_tasks"]:

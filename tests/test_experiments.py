@@ -95,8 +95,8 @@ def test_a_diverged_row_is_shown_and_not_retrained(tmp_path):
   with open(os.path.join(bench_dir, "table1.md")) as f:
     md = f.read()
   assert ("| Online EWC (**diverged**: non-finite loss in task 2, epoch 1, seeds [0]; "
-          "numbers after task 1) | 90.00 ± 0.00 | 97.65 | — |") in md
-  assert "| DHP Softmax + Online EWC | 95.00 ± 0.00 | 98.96 | -3.96 |" in md
+          "numbers after task 1) | 90.00 | 97.65 | — |") in md   # one seed: no ± SEM
+  assert "| DHP Softmax + Online EWC | 95.00 | 98.96 | -3.96 |" in md
   assert "n/a (unfinished row) |" in md
 
 
@@ -127,4 +127,6 @@ def test_side_by_side_table_over_recorded_benchmarks(tmp_path):
     md = f.read()
   assert "| row | split_mnist (quick) |" in md
   assert "| scale | **2** (paper: 10) epochs/task, 2 tasks, 1 seeds |" in md
-  assert "| Finetune | 90.00 ± 0.00 (90.43) |" in md and "| SI | not run |" in md
+  assert "| Finetune | 90.00 (90.43) |" in md and "| SI | not run |" in md
+  with open(tmp_path / "split_mnist_quick" / "table1.md") as f:
+    assert "| yes (1 seed: no SEM) |" in f.read()
