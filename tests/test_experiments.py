@@ -62,6 +62,12 @@ def test_complete_rows_are_skipped(tmp_path):
   assert set(tables["split_mnist"]["rows"]) == set(rows)
 
 
+def test_opt_in_eta_projection_row():
+  assert len(table1.DEFAULT_ROWS) == 10 and "dhp_eta_projected" not in table1.DEFAULT_ROWS
+  config = table1.row_config("vision_mixture", "quick", "dhp_eta_projected")
+  assert (config.head, config.eta_constraint, config.eta_init) == ("dhp", "project", 1e-4)
+
+
 def test_unknown_rows_and_benchmarks_are_refused(tmp_path):
   with pytest.raises(ValueError, match="--rows"):
     table1.run_table(["split_mnist"], ["ewc++"], "quick", 1, str(tmp_path))
@@ -128,5 +134,6 @@ def test_side_by_side_table_over_recorded_benchmarks(tmp_path):
   assert "| row | split_mnist (quick) |" in md
   assert "| scale | **2** (paper: 10) epochs/task, 2 tasks, 1 seeds |" in md
   assert "| Finetune | 90.00 (90.43) |" in md and "| SI | not run |" in md
+  assert "η projected" not in md   # opt-in rows appear only where they were run
   with open(tmp_path / "split_mnist_quick" / "table1.md") as f:
     assert "| yes (1 seed: no SEM) |" in f.read()
