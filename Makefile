@@ -50,7 +50,8 @@ reproduce: fetch
 	$(PY) experiments/eta_sweep.py --benchmarks=split_mnist --preset=paper --num_seeds=5 \
 		--out_root=results --noprogress
 	$(PY) experiments/table1.py --benchmarks=vision_mixture --preset=quick --num_seeds=1 \
-		--num_tasks=$(VISION_TASKS) --out_root=results --noprogress
+		--num_tasks=$(VISION_TASKS) --out_root=results --noprogress \
+		--rows=finetune,dhp,si,dhp+si,online_ewc,dhp+online_ewc,mas,dhp+mas,dhp_frozen_alpha,finetune_dense,dhp_eta_projected
 	$(PY) experiments/eta_sweep.py --benchmarks=permuted_mnist,imbalanced_permuted_mnist \
 		--preset=quick --num_seeds=5 --out_root=results --noprogress
 	$(PY) experiments/table1.py --benchmarks=permuted_mnist,imbalanced_permuted_mnist \
