@@ -151,7 +151,8 @@ def row_label(config: Config) -> str:
             "mas": "MAS"}[config.method]
   if config.head != "dhp":
     return method + (" (dense θ init)" if config.theta_init == "dense" else "")
-  dhp = "DHP Softmax" + (" (α frozen at 0)" if config.freeze_alpha else "")
+  dhp = ("DHP Softmax" + (" (α frozen at 0)" if config.freeze_alpha else "")
+         + (" (η projected into [0, 1])" if config.eta_constraint == "project" else ""))
   return dhp if config.method == "finetune" else f"{dhp} + {method}"
 
 

@@ -66,6 +66,7 @@ def test_opt_in_eta_projection_row():
   assert len(table1.DEFAULT_ROWS) == 10 and "dhp_eta_projected" not in table1.DEFAULT_ROWS
   config = table1.row_config("vision_mixture", "quick", "dhp_eta_projected")
   assert (config.head, config.eta_constraint, config.eta_init) == ("dhp", "project", 1e-4)
+  assert training.row_label(config) == "DHP Softmax (η projected into [0, 1])"
 
 
 def test_unknown_rows_and_benchmarks_are_refused(tmp_path):
