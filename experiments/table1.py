@@ -103,6 +103,16 @@ def _cell(stat: Mapping, scale: str, num_seeds: int = 2) -> str:
   return mean + (f" ± {stat['sem']:.2f}" if scale == "pct" else f" ± {stat['sem']:.3f}")
 
 
+def _complete(row: Mapping) -> bool:
+  return row["completed_tasks"] == row["num_tasks"]
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+  with open(f"{path}.tmp", "w") as f:
+    f.write(text)
+  os.replace(f"{path}.tmp", path)
+
+
 def markdown(benchmark: str, entry: Mapping) -> str:
   """One benchmark's table: ours (mean ± SEM) beside the paper's, and DHP+X ≥ X?"""
   rows = entry["rows"]
@@ -122,8 +132,7 @@ def markdown(benchmark: str, entry: Mapping) -> str:
       continue
     r = rows[row]
     paper = r["paper"]
-    complete = lambda x: x["completed_tasks"] == x["num_tasks"]
-    done = "" if complete(r) else \
+    done = "" if _complete(r) else \
         f" (partial: {r['completed_tasks']}/{r['num_tasks']} tasks)"
     if "diverged" in r:
       d = r["diverged"]
@@ -133,10 +142,10 @@ def markdown(benchmark: str, entry: Mapping) -> str:
     p_acc = f"{paper['avg_accuracy']:.2f}" if paper else "—"
     p_bwt = f"{paper['bwt']:+.2f}" if paper else "—"
     delta = f"{r['avg_accuracy']['mean'] - paper['avg_accuracy']:+.2f}" \
-        if paper and complete(r) else "—"
+        if paper and _complete(r) else "—"
     verdict = ""
     base = _BASELINE_OF.get(row)
-    if base in rows and not (complete(r) and complete(rows[base])):
+    if base in rows and not (_complete(r) and _complete(rows[base])):
       verdict = "n/a (unfinished row)"
     elif base in rows:
       ours, theirs = r["avg_accuracy"], rows[base]["avg_accuracy"]
@@ -172,9 +181,7 @@ def write_tables(bench_dir: str, benchmark: str, preset: str, rows) -> Optional[
     return None
   entry = table_entry(benchmark, preset, runs)
   training.write_json_atomic(os.path.join(bench_dir, "table1.json"), {benchmark: entry})
-  with open(os.path.join(bench_dir, "table1.md.tmp"), "w") as f:
-    f.write(markdown(benchmark, entry))
-  os.replace(os.path.join(bench_dir, "table1.md.tmp"), os.path.join(bench_dir, "table1.md"))
+  _write_text_atomic(os.path.join(bench_dir, "table1.md"), markdown(benchmark, entry))
   plotting.plot_accuracy({ROW_LABELS[r]: runs[r] for r in ROWS if r in runs},
                          os.path.join(bench_dir, "accuracy.png"), f"{benchmark} ({preset})")
   if "dhp" in runs:
@@ -205,7 +212,7 @@ def side_by_side(out_root: str) -> Optional[str]:
     ours = _cell(r["avg_accuracy"], "pct", r["num_seeds"])
     if "diverged" in r:
       ours = f"diverged in task {r['diverged']['task']}"
-    elif r["completed_tasks"] != r["num_tasks"]:
+    elif not _complete(r):
       ours = f"{r['completed_tasks']}/{r['num_tasks']} tasks"
     return ours + (f" ({r['paper']['avg_accuracy']:.2f})" if r["paper"] else "")
 
@@ -230,9 +237,7 @@ def side_by_side(out_root: str) -> Optional[str]:
 def write_side_by_side(out_root: str) -> None:
   text = side_by_side(out_root)
   if text is not None:
-    with open(os.path.join(out_root, "table1.md.tmp"), "w") as f:
-      f.write(text)
-    os.replace(os.path.join(out_root, "table1.md.tmp"), os.path.join(out_root, "table1.md"))
+    _write_text_atomic(os.path.join(out_root, "table1.md"), text)
 
 
 def check_names(benchmarks, rows) -> None:
