@@ -149,6 +149,9 @@ def row_label(config: Config) -> str:
   """The paper's name for a run (Table I rows), with the ablations spelled out."""
   method = {"finetune": "Finetune", "ewc": "EWC", "online_ewc": "Online EWC", "si": "SI",
             "mas": "MAS"}[config.method]
+  if config.method in ("ewc", "online_ewc"):
+    method += ((f" (γ = {config.ewc_gamma:g})" if config.ewc_gamma != 1.0 else "")
+               + (f" ({config.fisher_mode} Fisher)" if config.fisher_mode != "exact" else ""))
   if config.head != "dhp":
     return method + (" (dense θ init)" if config.theta_init == "dense" else "")
   dhp = ("DHP Softmax" + (" (α frozen at 0)" if config.freeze_alpha else "")

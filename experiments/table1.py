@@ -34,6 +34,13 @@ ROWS = {
     # Opt-in (not in the default --rows): SGD may drive the learned η past 1, where the
     # trace update over-relaxes; this row keeps the stored η in [0, 1] (SPEC §1 option).
     "dhp_eta_projected": dict(method="finetune", head="dhp", eta_constraint="project"),
+    # Opt-in Online EWC variants beside the faithful rows (SPEC §2: exact Fisher, γ = 1),
+    # to see whether its divergence at the paper's λ depends on those choices.
+    "online_ewc_gamma0.9": dict(method="online_ewc", head="matched", ewc_gamma=0.9),
+    "dhp+online_ewc_gamma0.9": dict(method="online_ewc", head="dhp", ewc_gamma=0.9),
+    "online_ewc_empirical": dict(method="online_ewc", head="matched", fisher_mode="empirical"),
+    "dhp+online_ewc_empirical": dict(method="online_ewc", head="dhp",
+                                     fisher_mode="empirical"),
 }
 DEFAULT_ROWS = tuple(ROWS)[:10]   # Table I's eight rows and the two controls
 ROW_LABELS = {
@@ -42,6 +49,10 @@ ROW_LABELS = {
     "dhp+mas": "DHP Softmax + MAS", "dhp_frozen_alpha": "DHP Softmax, α frozen at 0 (control)",
     "finetune_dense": "Finetune, dense θ init (control)",
     "dhp_eta_projected": "DHP Softmax, η projected into [0, 1] (control)",
+    "online_ewc_gamma0.9": "Online EWC, γ = 0.9 (variant)",
+    "dhp+online_ewc_gamma0.9": "DHP Softmax + Online EWC, γ = 0.9 (variant)",
+    "online_ewc_empirical": "Online EWC, empirical Fisher (variant)",
+    "dhp+online_ewc_empirical": "DHP Softmax + Online EWC, empirical Fisher (variant)",
 }
 # Table I of the paper: average test accuracy (%) / BWT after all tasks, 10 trials.
 PAPER = {
@@ -64,7 +75,8 @@ PAPER = {
 }
 # DHP+X is compared with X; the controls with the row they perturb.
 _BASELINE_OF = {"dhp": "finetune", "dhp+si": "si", "dhp+online_ewc": "online_ewc",
-                "dhp+mas": "mas"}
+                "dhp+mas": "mas", "dhp+online_ewc_gamma0.9": "online_ewc_gamma0.9",
+                "dhp+online_ewc_empirical": "online_ewc_empirical"}
 
 
 def row_config(benchmark: str, preset: str, row: str, **overrides) -> training.Config:

@@ -69,6 +69,17 @@ def test_opt_in_eta_projection_row():
   assert training.row_label(config) == "DHP Softmax (η projected into [0, 1])"
 
 
+def test_opt_in_online_ewc_variant_rows():
+  config = table1.row_config("imbalanced_permuted_mnist", "quick", "dhp+online_ewc_gamma0.9")
+  assert (config.head, config.ewc_gamma, config.fisher_mode, config.strength) == \
+      ("dhp", 0.9, "exact", 400.0)
+  assert training.row_label(config) == "DHP Softmax + Online EWC (γ = 0.9)"
+  config = table1.row_config("imbalanced_permuted_mnist", "quick", "online_ewc_empirical")
+  assert (config.head, config.ewc_gamma, config.fisher_mode) == ("matched", 1.0, "empirical")
+  assert training.row_label(config) == "Online EWC (empirical Fisher)"
+  assert not set(table1.DEFAULT_ROWS) & {"online_ewc_gamma0.9", "online_ewc_empirical"}
+
+
 def test_unknown_rows_and_benchmarks_are_refused(tmp_path):
   with pytest.raises(ValueError, match="--rows"):
     table1.run_table(["split_mnist"], ["ewc++"], "quick", 1, str(tmp_path))
