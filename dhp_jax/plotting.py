@@ -21,7 +21,8 @@ def _mean_sem(rows) -> tuple[np.ndarray, np.ndarray]:
 
 def accuracy_curve(results: Mapping):
   """[T] mean and SEM (over seeds) of the average accuracy after each task (Fig. 2)."""
-  return _mean_sem([s["avg_accuracy_curve"] for s in results["per_seed"]])
+  return _mean_sem([s["avg_accuracy_curve"] for s in results["per_seed"]
+                    if "diverged" not in s])   # a diverged seed's curve stops early
 
 
 def plot_accuracy(runs: Mapping[str, Mapping], path: str, title: str = "") -> None:

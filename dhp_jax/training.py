@@ -375,11 +375,6 @@ def plasticity_stats(state: TrainState) -> dict:
           "hebb_norm": jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in hebb))}
 
 
-def _all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
-
-
 # ---------------------------------------------------------------------------------------
 # Many seeds in one program.
 
@@ -514,27 +509,37 @@ def config_matches(saved: dict, config: Config) -> bool:
 
 
 def summarize(per_seed: list) -> tuple[dict, dict]:
+  """Mean and SEM over the seeds that did not diverge (their numbers would stop earlier)."""
   mean, sem = {}, {}
   for key in ("avg_accuracy", "bwt", "fwt"):
-    values = [s[key] for s in per_seed if s.get(key) is not None]
+    values = [s[key] for s in per_seed if s.get(key) is not None and "diverged" not in s]
     if values:
       mean[key], sem[key] = metrics.mean_and_sem(values)
   return mean, sem
 
 
-def _per_seed_results(seeds, acc, init_acc, done):
-  """acc: [S, T, T] full matrix (rows > done unfilled); returns the JSON per-seed list."""
+def _per_seed_results(seeds, acc, init_acc, done, diverged_seeds=None):
+  """acc: [S, T, T] full matrix (rows > done unfilled); returns the JSON per-seed list.
+
+  ``diverged_seeds`` maps a seed to its {task, epoch, quantities}: that seed's numbers
+  stop after the last task it finished, and its entry says where it diverged.
+  """
   out = []
   for s, seed in enumerate(seeds):
-    full = acc[s, :done, :done]
-    lower = [[float(full[t, i]) if i <= t else None for i in range(done)] for t in range(done)]
+    diverged = (diverged_seeds or {}).get(seed)
+    n = done if diverged is None else min(done, diverged["task"] - 1)
+    full = acc[s, :n, :n]
+    lower = [[float(full[t, i]) if i <= t else None for i in range(n)] for t in range(n)]
     entry = {"seed": int(seed), "accuracy_matrix": lower,
-             "accuracy_matrix_all_tasks": [[float(v) for v in row] for row in acc[s, :done]],
+             "accuracy_matrix_all_tasks": [[float(v) for v in row] for row in acc[s, :n]],
              "init_accuracy": [float(v) for v in init_acc[s]]}
-    entry["avg_accuracy"] = metrics.average_accuracy(full)
-    entry["bwt"] = metrics.backward_transfer(full)
-    entry["fwt"] = metrics.forward_transfer(full, init_acc[s, :done])
-    entry["avg_accuracy_curve"] = [float(v) for v in metrics.average_accuracy_curve(full)]
+    if diverged is not None:
+      entry["diverged"] = diverged
+    if n:
+      entry["avg_accuracy"] = metrics.average_accuracy(full)
+      entry["bwt"] = metrics.backward_transfer(full)
+      entry["fwt"] = metrics.forward_transfer(full, init_acc[s, :n])
+      entry["avg_accuracy_curve"] = [float(v) for v in metrics.average_accuracy_curve(full)]
     out.append(entry)
   return out
 
@@ -543,12 +548,27 @@ class NonFiniteError(FloatingPointError):
   """Training produced a non-finite loss, trace or parameter."""
 
 
-def _nonfinite_seeds(seeds, loss, state) -> list:
-  """The seeds (by number) whose loss, trace or parameters are non-finite."""
-  ok = np.isfinite(np.asarray(loss))
-  for leaf in jax.tree.leaves((state.params, state.hebb)):
-    ok &= np.isfinite(np.asarray(leaf)).reshape(len(seeds), -1).all(1)
-  return [seed for seed, fine in zip(seeds, ok) if not fine]
+@jax.jit
+def _finite_by_seed(loss, state) -> dict:
+  """[S] bools per quantity: is each seed's loss / Hebb trace / parameters finite."""
+  def per_seed(tree):
+    ok = [jnp.isfinite(x).reshape(x.shape[0], -1).all(1) for x in jax.tree.leaves(tree)]
+    return jnp.stack(ok).all(0) if ok else jnp.ones(loss.shape, bool)
+  return {"loss": jnp.isfinite(loss), "Hebb trace": per_seed(state.hebb),
+          "parameters": per_seed(state.params)}
+
+
+def _nonfinite_seeds(seeds, loss, state) -> dict:
+  """{seed: [quantities]} for the seeds whose loss, trace or parameters are non-finite."""
+  finite = {k: np.asarray(v) for k, v in _finite_by_seed(loss, state).items()}
+  bad = {seed: [name for name, ok in finite.items() if not ok[s]]
+         for s, seed in enumerate(seeds)}
+  return {seed: names for seed, names in bad.items() if names}
+
+
+def _finite_or_none(values: list) -> list:
+  """JSON has no NaN: a diverged seed's trace entries are written as null."""
+  return [v if np.isfinite(v) else None for v in values]
 
 
 def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_dir=None,
@@ -607,6 +627,9 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
                                                    perms[i])) for i in range(num_tasks)], 1)
 
   acc = np.full((config.num_seeds, num_tasks, num_tasks), np.nan)
+  # A seed that goes non-finite is recorded and left to run on with the others (its
+  # slot in the vmapped program is independent of theirs); its numbers stop there.
+  diverged_seeds = {}
   trace = {"eta": [], "hebb_norm": [], "alpha_norm": [], "epoch_loss": [], "task": []}
   first_task = 0
   results_path = None if out_dir is None else os.path.join(out_dir, "results.json")
@@ -624,7 +647,10 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
       done, state = _restore_checkpoint(out_dir, state)
       state = _put(state, sharding)
       for s, entry in enumerate(previous["per_seed"]):
-        acc[s, :done] = np.asarray(entry["accuracy_matrix_all_tasks"], dtype=float)[:done]
+        rows = entry["accuracy_matrix_all_tasks"][:done]
+        acc[s, :len(rows)] = np.asarray(rows, dtype=float).reshape(len(rows), num_tasks)
+        if "diverged" in entry:
+          diverged_seeds[entry["seed"]] = entry["diverged"]
       init_acc = np.asarray([e["init_accuracy"] for e in previous["per_seed"]])
       trace = previous["trace"]
       first_task = done
@@ -650,16 +676,20 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
       keys = _put(jax.vmap(lambda k: jax.random.fold_in(k, epoch))(task_keys), sharding)
       tic = time.time()
       state, stats = epoch_fn(slices[t])(state, keys, train_splits[t], perms[t])
-      finite = {"loss": bool(np.all(np.isfinite(np.asarray(stats["loss"])))),
-                "Hebb trace": bool(_all_finite(state.hebb)),
-                "parameters": bool(_all_finite(state.params))}
-      bad = [name for name, ok in finite.items() if not ok]
-      if bad:
+      bad = {seed: names for seed, names in _nonfinite_seeds(seeds, stats["loss"], state).items()
+             if seed not in diverged_seeds}
+      for seed, names in bad.items():
+        diverged_seeds[seed] = {"task": t + 1, "epoch": epoch + 1, "quantities": names}
+      if bad and len(diverged_seeds) < len(seeds):
+        log(f"seeds {sorted(bad)}: non-finite in task {t + 1}, epoch {epoch + 1}; recorded, "
+            f"the other seeds go on")
+      elif bad:
         if bar:
           bar.close()
-        diverged = {"task": t + 1, "epoch": epoch + 1, "quantities": bad,
-                    "seeds": _nonfinite_seeds(seeds, stats["loss"], state)}
-        message = (f"non-finite {', '.join(bad)} in task {t + 1}, epoch {epoch + 1} "
+        names = sorted({n for names in bad.values() for n in names})
+        diverged = {"task": t + 1, "epoch": epoch + 1, "quantities": names,
+                    "seeds": sorted(bad)}
+        message = (f"non-finite {', '.join(names)} in task {t + 1}, epoch {epoch + 1} "
                    f"(seeds {diverged['seeds']}); results up to task {t} are in {out_dir}")
         if out_dir is not None and t > 0:
           # Recorded, so a table can show the row as diverged instead of re-running it.
@@ -668,11 +698,11 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
         raise NonFiniteError(message)
       elapsed = time.time() - tic
       for name, values in jax.vmap(plasticity_stats)(state).items():
-        trace[name].append(np.asarray(values).tolist())
-      trace["epoch_loss"].append(np.asarray(stats["loss"]).tolist())
+        trace[name].append(_finite_or_none(np.asarray(values).tolist()))
+      trace["epoch_loss"].append(_finite_or_none(np.asarray(stats["loss"]).tolist()))
       trace["task"].append(t)
       if bar:
-        bar.set_postfix(task=f"{t + 1}/{num_tasks}", loss=f"{float(np.mean(stats['loss'])):.3f}",
+        bar.set_postfix(task=f"{t + 1}/{num_tasks}", loss=f"{float(np.nanmean(stats['loss'])):.3f}",
                         samples_s=f"{config.num_seeds * n_train / max(elapsed, 1e-9):,.0f}")
         bar.update(1)
     consolidate_keys = jax.vmap(lambda k: jax.random.fold_in(k, 10_000))(task_keys)
@@ -682,7 +712,8 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
     done = t + 1
     result = {"config": config.to_json(), "completed_tasks": done, "num_tasks": num_tasks,
               "notes": list(stream.notes), "task_names": [x[0].name for x in tasks],
-              "per_seed": _per_seed_results(seeds, acc, init_acc, done), "trace": trace,
+              "per_seed": _per_seed_results(seeds, acc, init_acc, done, diverged_seeds),
+              "trace": trace,
               "devices": [str(d) for d in jax.devices()],
               "wall_time_s": round(time.time() - wall_start, 1)}
     result["mean"], result["sem"] = summarize(result["per_seed"])

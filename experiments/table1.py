@@ -88,8 +88,10 @@ def table_entry(benchmark: str, preset: str, runs: Mapping[str, dict]) -> dict:
   rows = {}
   for row, results in runs.items():
     paper = PAPER.get(benchmark, {}).get(row)
+    diverged_seeds = [e for e in results["per_seed"] if "diverged" in e]
     rows[row] = {
-        "num_seeds": len(results["per_seed"]),
+        # The seeds in the mean; seeds that diverged while others went on are listed.
+        "num_seeds": len(results["per_seed"]) - len(diverged_seeds),
         "avg_accuracy": {"mean": 100 * results["mean"]["avg_accuracy"],
                          "sem": 100 * results["sem"]["avg_accuracy"]},
         "bwt": {"mean": results["mean"]["bwt"], "sem": results["sem"]["bwt"]},
@@ -99,6 +101,9 @@ def table_entry(benchmark: str, preset: str, runs: Mapping[str, dict]) -> dict:
     }
     if "diverged" in results:
       rows[row]["diverged"] = results["diverged"]
+    elif diverged_seeds:
+      rows[row]["diverged_seeds"] = [{"seed": e["seed"], **e["diverged"]}
+                                     for e in diverged_seeds]
   any_run = next(iter(runs.values()))
   notes = sorted({n for r in runs.values() for n in r.get("notes", [])})
   return {"preset": preset, "epochs": any_run["config"]["epochs"],
@@ -151,6 +156,10 @@ def markdown(benchmark: str, entry: Mapping) -> str:
       done = (f" (**diverged**: non-finite {', '.join(d['quantities'])} in task {d['task']}, "
               f"epoch {d['epoch']}, seeds {d['seeds']}; numbers after task "
               f"{r['completed_tasks']})")
+    elif r.get("diverged_seeds"):
+      where = "; ".join(f"seed {d['seed']} in task {d['task']}, epoch {d['epoch']}"
+                        for d in r["diverged_seeds"])
+      done += f" (**diverged**: {where}; mean over the other {r['num_seeds']} seeds)"
     p_acc = f"{paper['avg_accuracy']:.2f}" if paper else "—"
     p_bwt = f"{paper['bwt']:+.2f}" if paper else "—"
     delta = f"{r['avg_accuracy']['mean'] - paper['avg_accuracy']:+.2f}" \
@@ -226,6 +235,8 @@ def side_by_side(out_root: str) -> Optional[str]:
       ours = f"diverged in task {r['diverged']['task']}"
     elif not _complete(r):
       ours = f"{r['completed_tasks']}/{r['num_tasks']} tasks"
+    elif r.get("diverged_seeds"):
+      ours += f" [{len(r['diverged_seeds'])} seed(s) diverged]"
     return ours + (f" ({r['paper']['avg_accuracy']:.2f})" if r["paper"] else "")
 
   def scale(benchmark, entry):

@@ -118,6 +118,28 @@ def test_a_diverged_row_is_shown_and_not_retrained(tmp_path):
   assert "n/a (unfinished row) |" in md
 
 
+def test_a_row_with_one_diverged_seed_shows_the_mean_of_the_others(tmp_path):
+  config = table1.row_config("split_mnist", "quick", "online_ewc", num_seeds=3)
+  results = _fake_results(config, [0.90, 0.94, 0.5])
+  results["per_seed"][2] = {"seed": 2, "diverged": {"task": 2, "epoch": 1,
+                                                    "quantities": ["loss"]},
+                            "avg_accuracy": 0.5, "bwt": 0.0, "avg_accuracy_curve": [0.5]}
+  results["mean"], results["sem"] = training.summarize(results["per_seed"])
+  bench_dir = os.path.join(str(tmp_path), "split_mnist_quick")
+  os.makedirs(os.path.join(bench_dir, "online_ewc"))
+  with open(os.path.join(bench_dir, "online_ewc", "results.json"), "w") as f:
+    json.dump(results, f)
+  entry = table1.write_tables(bench_dir, "split_mnist", "quick", ["online_ewc"])
+  assert entry["rows"]["online_ewc"]["num_seeds"] == 2
+  with open(os.path.join(bench_dir, "table1.md")) as f:
+    md = f.read()
+  assert ("| Online EWC (**diverged**: seed 2 in task 2, epoch 1; mean over the other 2 "
+          "seeds) | 92.00 ± 2.00 | 97.65 | -5.65 |") in md
+  table1.write_side_by_side(str(tmp_path))
+  with open(os.path.join(str(tmp_path), "table1.md")) as f:
+    assert "| 92.00 ± 2.00 [1 seed(s) diverged] (97.65) |" in f.read()
+
+
 def test_a_row_that_diverges_does_not_stop_the_table(tmp_path):
   trained = []
 

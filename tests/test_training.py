@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from absl import flags
@@ -118,6 +119,39 @@ def test_divergence_after_task_one_is_recorded(tmp_path, mnist):
   config = training.make_config("permuted_mnist", "quick", "online_ewc", **{
       k: v for k, v in saved["config"].items() if k not in ("benchmark", "preset", "method")})
   assert training.is_complete(str(tmp_path / "stiff" / "results.json"), config)
+
+
+def test_one_diverged_seed_is_recorded_and_the_others_go_on(tmp_path, mnist, monkeypatch):
+  # Seed 0's parameters are made NaN after every epoch of task 2 (0-based call 1).
+  real_seed_jit, calls = training.seed_jit, []
+
+  def poisoning_seed_jit(fn, *args, **kwargs):
+    compiled = real_seed_jit(fn, *args, **kwargs)
+    if getattr(fn, "func", None) is not training.train_epoch:
+      return compiled
+
+    def run(state, *rest):
+      state, stats = compiled(state, *rest)
+      calls.append(None)
+      if len(calls) == 2:
+        state = state._replace(params=jax.tree.map(lambda x: x.at[0].set(np.nan), state.params))
+      return state, stats
+    return run
+
+  monkeypatch.setattr(training, "seed_jit", poisoning_seed_jit)
+  config = training.make_config("permuted_mnist", "quick", num_tasks=3, train_subset=2048,
+                                lr=0.1, num_seeds=2)
+  out = str(tmp_path / "one_bad_seed")
+  training.train_and_evaluate(config, out, progress=False, stop_after_task=2)
+  results = training.train_and_evaluate(config, out, progress=False, resume=True)
+  bad, good = results["per_seed"]
+  assert bad["diverged"] == {"task": 2, "epoch": 1, "quantities": ["parameters"]}
+  assert len(bad["accuracy_matrix"]) == 1 and "diverged" not in good
+  assert results["completed_tasks"] == 3 and "diverged" not in results
+  assert results["mean"]["avg_accuracy"] == good["avg_accuracy"] > 0.7
+  assert results["sem"]["avg_accuracy"] == 0.0
+  assert [eta[0] for eta in results["trace"]["eta"]][1:] == [None, None]
+  assert all(eta[1] is not None for eta in results["trace"]["eta"])
 
 
 @pytest.mark.parametrize("bad", [
