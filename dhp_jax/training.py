@@ -492,13 +492,24 @@ def _restore_checkpoint(out_dir: str, target: TrainState) -> tuple[int, TrainSta
 
 def is_complete(results_path: str, config: Config) -> bool:
   """True when ``results_path`` holds a finished run of exactly ``config``: all tasks
-  done, or stopped by a recorded divergence (rerunning it would diverge again)."""
+  done, or stopped because every seed diverged (rerunning it would diverge again).
+
+  A run that stopped when only some seeds had diverged (written before the engine let
+  the others go on) is not complete: resuming it trains the other seeds to the end.
+  """
   if not os.path.exists(results_path):
     return False
   with open(results_path) as f:
     saved = json.load(f)
-  return (config_matches(saved.get("config", {}), config)
-          and (saved.get("completed_tasks") == saved.get("num_tasks") or "diverged" in saved))
+  if not config_matches(saved.get("config", {}), config):
+    return False
+  if saved.get("completed_tasks") == saved.get("num_tasks"):
+    return True
+  if "diverged" not in saved:
+    return False
+  gone = set(saved["diverged"]["seeds"]) | {e["seed"] for e in saved["per_seed"]
+                                            if "diverged" in e}
+  return len(gone) == config.num_seeds
 
 
 def config_matches(saved: dict, config: Config) -> bool:

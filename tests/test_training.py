@@ -119,6 +119,11 @@ def test_divergence_after_task_one_is_recorded(tmp_path, mnist):
   config = training.make_config("permuted_mnist", "quick", "online_ewc", **{
       k: v for k, v in saved["config"].items() if k not in ("benchmark", "preset", "method")})
   assert training.is_complete(str(tmp_path / "stiff" / "results.json"), config)
+  # A run stopped when only seed 1 had diverged (the engine before per-seed handling).
+  saved["diverged"]["seeds"] = [1]
+  with open(tmp_path / "stiff" / "results.json", "w") as f:
+    json.dump(saved, f)
+  assert not training.is_complete(str(tmp_path / "stiff" / "results.json"), config)
 
 
 def test_one_diverged_seed_is_recorded_and_the_others_go_on(tmp_path, mnist, monkeypatch):
