@@ -80,6 +80,20 @@ def test_opt_in_online_ewc_variant_rows():
   assert not set(table1.DEFAULT_ROWS) & {"online_ewc_gamma0.9", "online_ewc_empirical"}
 
 
+def test_class_incremental_split_mnist_is_its_own_table_without_paper_numbers(tmp_path):
+  config = table1.row_config("split_mnist_class", "paper", "dhp", num_seeds=2)
+  assert (config.benchmark, config.scenario, config.epochs) == ("split_mnist", "class", 10)
+  bench_dir = os.path.join(str(tmp_path), "split_mnist_class_paper")
+  os.makedirs(os.path.join(bench_dir, "dhp"))
+  with open(os.path.join(bench_dir, "dhp", "results.json"), "w") as f:
+    json.dump(_fake_results(config, [0.5, 0.6]), f)
+  tables = table1.run_table(["split_mnist_class"], ["dhp"], "paper", 2, str(tmp_path),
+                            train=_must_not_train)
+  assert tables["split_mnist_class"]["rows"]["dhp"]["paper"] is None
+  with open(os.path.join(str(tmp_path), "table1.md")) as f:
+    assert "| DHP Softmax | 55.00 ± 5.00 |" in f.read()
+
+
 def test_unknown_rows_and_benchmarks_are_refused(tmp_path):
   with pytest.raises(ValueError, match="--rows"):
     table1.run_table(["split_mnist"], ["ewc++"], "quick", 1, str(tmp_path))
