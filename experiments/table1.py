@@ -114,7 +114,7 @@ def table_entry(benchmark: str, preset: str, runs: Mapping[str, dict]) -> dict:
     }
     if "diverged" in results:
       rows[row]["diverged"] = results["diverged"]
-    elif diverged_seeds:
+    if diverged_seeds:
       rows[row]["diverged_seeds"] = [{"seed": e["seed"], **e["diverged"]}
                                      for e in diverged_seeds]
   any_run = next(iter(runs.values()))
@@ -169,7 +169,7 @@ def markdown(benchmark: str, entry: Mapping) -> str:
       done = (f" (**diverged**: non-finite {', '.join(d['quantities'])} in task {d['task']}, "
               f"epoch {d['epoch']}, seeds {d['seeds']}; numbers after task "
               f"{r['completed_tasks']})")
-    elif r.get("diverged_seeds"):
+    if r.get("diverged_seeds"):
       where = "; ".join(f"seed {d['seed']} in task {d['task']}, epoch {d['epoch']}"
                         for d in r["diverged_seeds"])
       done += f" (**diverged**: {where}; mean over the other {r['num_seeds']} seeds)"
