@@ -162,7 +162,9 @@ def row_label(config: Config) -> str:
 def summary_line(config: Config, results: dict) -> str:
   """One line: row, benchmark, seeds, tasks done, mean ± SEM accuracy and BWT."""
   mean, sem = results["mean"], results["sem"]
-  return (f"{row_label(config):<28} {config.benchmark:<26} seeds={config.num_seeds:<3} "
+  kept = sum("diverged" not in e for e in results["per_seed"])
+  seeds = str(config.num_seeds) if kept == config.num_seeds else f"{kept}/{config.num_seeds}"
+  return (f"{row_label(config):<28} {config.benchmark:<26} seeds={seeds:<3} "
           f"tasks={results['completed_tasks']}/{results['num_tasks']}  "
           f"ACC={100 * mean['avg_accuracy']:6.2f} ± {100 * sem['avg_accuracy']:.2f}%  "
           f"BWT={mean['bwt']:+.3f} ± {sem['bwt']:.3f}")

@@ -157,6 +157,7 @@ def test_one_diverged_seed_is_recorded_and_the_others_go_on(tmp_path, mnist, mon
   assert results["sem"]["avg_accuracy"] == 0.0
   assert [eta[0] for eta in results["trace"]["eta"]][1:] == [None, None]
   assert all(eta[1] is not None for eta in results["trace"]["eta"])
+  assert "seeds=1/2 " in training.summary_line(config, results)
 
 
 @pytest.mark.parametrize("bad", [
