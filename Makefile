@@ -49,7 +49,7 @@ reproduce: fetch
 		--preset=quick --num_seeds=3 --importance_samples=10000 --out_root=results --noprogress
 	$(PY) experiments/table1.py --benchmarks=imbalanced_permuted_mnist --preset=quick \
 		--num_seeds=3 --importance_samples=10000 --out_root=results --noprogress \
-		--rows=online_ewc_gamma0.9,dhp+online_ewc_gamma0.9,online_ewc_empirical,dhp+online_ewc_empirical
+		--rows=online_ewc_gamma0.9,dhp+online_ewc_gamma0.9,online_ewc_empirical,dhp+online_ewc_empirical,online_ewc_lambda100,dhp+online_ewc_lambda100
 	$(PY) experiments/eta_sweep.py --benchmarks=split_mnist --preset=paper --num_seeds=5 \
 		--out_root=results --noprogress
 	$(PY) experiments/table1.py --benchmarks=vision_mixture --preset=quick --num_seeds=1 \

@@ -41,6 +41,8 @@ ROWS = {
     "online_ewc_empirical": dict(method="online_ewc", head="matched", fisher_mode="empirical"),
     "dhp+online_ewc_empirical": dict(method="online_ewc", head="dhp",
                                      fisher_mode="empirical"),
+    "online_ewc_lambda100": dict(method="online_ewc", head="matched", strength=100.0),
+    "dhp+online_ewc_lambda100": dict(method="online_ewc", head="dhp", strength=100.0),
 }
 DEFAULT_ROWS = tuple(ROWS)[:10]   # Table I's eight rows and the two controls
 ROW_LABELS = {
@@ -53,6 +55,8 @@ ROW_LABELS = {
     "dhp+online_ewc_gamma0.9": "DHP Softmax + Online EWC, γ = 0.9 (variant)",
     "online_ewc_empirical": "Online EWC, empirical Fisher (variant)",
     "dhp+online_ewc_empirical": "DHP Softmax + Online EWC, empirical Fisher (variant)",
+    "online_ewc_lambda100": "Online EWC, λ = 100 (variant)",
+    "dhp+online_ewc_lambda100": "DHP Softmax + Online EWC, λ = 100 (variant)",
 }
 # Table I of the paper: average test accuracy (%) / BWT after all tasks, 10 trials.
 PAPER = {
@@ -76,7 +80,8 @@ PAPER = {
 # DHP+X is compared with X; the controls with the row they perturb.
 _BASELINE_OF = {"dhp": "finetune", "dhp+si": "si", "dhp+online_ewc": "online_ewc",
                 "dhp+mas": "mas", "dhp+online_ewc_gamma0.9": "online_ewc_gamma0.9",
-                "dhp+online_ewc_empirical": "online_ewc_empirical"}
+                "dhp+online_ewc_empirical": "online_ewc_empirical",
+                "dhp+online_ewc_lambda100": "online_ewc_lambda100"}
 
 
 # Tables beyond the paper's four benchmarks: name -> (benchmark, config overrides). The
