@@ -177,7 +177,8 @@ def markdown(benchmark: str, entry: Mapping) -> str:
     if r.get("diverged_seeds"):
       where = "; ".join(f"seed {d['seed']} in task {d['task']}, epoch {d['epoch']}"
                         for d in r["diverged_seeds"])
-      done += f" (**diverged**: {where}; mean over the other {r['num_seeds']} seeds)"
+      before = "before that: " if "diverged" in r else "**diverged**: "
+      done += f" ({before}{where}; mean over the other {r['num_seeds']} seeds)"
     p_acc = f"{paper['avg_accuracy']:.2f}" if paper else "—"
     p_bwt = f"{paper['bwt']:+.2f}" if paper else "—"
     delta = f"{r['avg_accuracy']['mean'] - paper['avg_accuracy']:+.2f}" \
