@@ -149,6 +149,10 @@ def row_label(config: Config) -> str:
   """The paper's name for a run (Table I rows), with the ablations spelled out."""
   method = {"finetune": "Finetune", "ewc": "EWC", "online_ewc": "Online EWC", "si": "SI",
             "mas": "MAS"}[config.method]
+  preset_strength = consolidation.PRESETS[config.benchmark].get(config.method, {}).get(
+      "strength", config.strength)
+  if config.strength != preset_strength:
+    method += f" (λ = {config.strength:g})"
   if config.method in ("ewc", "online_ewc"):
     method += ((f" (γ = {config.ewc_gamma:g})" if config.ewc_gamma != 1.0 else "")
                + (f" ({config.fisher_mode} Fisher)" if config.fisher_mode != "exact" else ""))

@@ -78,10 +78,8 @@ PAPER = {
                        "dhp+mas": (80.66, -0.01)},
 }
 # DHP+X is compared with X; the controls with the row they perturb.
-_BASELINE_OF = {"dhp": "finetune", "dhp+si": "si", "dhp+online_ewc": "online_ewc",
-                "dhp+mas": "mas", "dhp+online_ewc_gamma0.9": "online_ewc_gamma0.9",
-                "dhp+online_ewc_empirical": "online_ewc_empirical",
-                "dhp+online_ewc_lambda100": "online_ewc_lambda100"}
+_BASELINE_OF = {"dhp": "finetune", **{row: row[len("dhp+"):] for row in ROWS
+                                       if row.startswith("dhp+")}}
 
 
 # Tables beyond the paper's four benchmarks: name -> (benchmark, config overrides). The

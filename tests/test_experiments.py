@@ -78,6 +78,9 @@ def test_opt_in_online_ewc_variant_rows():
   assert (config.head, config.ewc_gamma, config.fisher_mode) == ("matched", 1.0, "empirical")
   assert training.row_label(config) == "Online EWC (empirical Fisher)"
   assert not set(table1.DEFAULT_ROWS) & {"online_ewc_gamma0.9", "online_ewc_empirical"}
+  config = table1.row_config("imbalanced_permuted_mnist", "quick", "dhp+online_ewc_lambda100")
+  assert training.row_label(config) == "DHP Softmax + Online EWC (λ = 100)"
+  assert table1._BASELINE_OF["dhp+online_ewc_lambda100"] == "online_ewc_lambda100"
 
 
 def test_class_incremental_split_mnist_is_its_own_table_without_paper_numbers(tmp_path):
