@@ -59,6 +59,8 @@ reproduce: fetch
 		--preset=quick --num_seeds=5 --out_root=results --noprogress
 	$(PY) experiments/table1.py --benchmarks=permuted_mnist,imbalanced_permuted_mnist \
 		--preset=paper --num_seeds=1 --out_root=results --noprogress
+	$(PY) experiments/table1.py --benchmarks=permuted_mnist --preset=paper --num_seeds=1 \
+		--out_root=results --noprogress --rows=dhp_eta_projected,dhp+mas_eta_projected
 
 test: $(VENV)/.test fetch
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests

@@ -81,6 +81,9 @@ def test_opt_in_online_ewc_variant_rows():
   config = table1.row_config("imbalanced_permuted_mnist", "quick", "dhp+online_ewc_lambda100")
   assert training.row_label(config) == "DHP Softmax + Online EWC (λ = 100)"
   assert table1._BASELINE_OF["dhp+online_ewc_lambda100"] == "online_ewc_lambda100"
+  assert table1._BASELINE_OF["dhp+mas_eta_projected"] == "mas"
+  config = table1.row_config("permuted_mnist", "paper", "dhp+mas_eta_projected")
+  assert training.row_label(config) == "DHP Softmax (η projected into [0, 1]) + MAS"
 
 
 def test_class_incremental_split_mnist_is_its_own_table_without_paper_numbers(tmp_path):
