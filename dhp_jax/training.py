@@ -456,14 +456,18 @@ def _stack_permutations(tasks):
 # ---------------------------------------------------------------------------------------
 # Results on disk: atomic JSON and per-task checkpoints.
 
-def write_json_atomic(path: str, payload: dict) -> None:
+def write_text_atomic(path: str, text: str) -> None:
   """Write-then-rename, so a kill never leaves a half-written file."""
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
-    json.dump(payload, f, indent=1)
+    f.write(text)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+  write_text_atomic(path, json.dumps(payload, indent=1))
 
 
 def _save_checkpoint(out_dir: str, task: int, state: TrainState) -> None:

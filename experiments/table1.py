@@ -144,12 +144,6 @@ def _complete(row: Mapping) -> bool:
   return row["completed_tasks"] == row["num_tasks"]
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-  with open(f"{path}.tmp", "w") as f:
-    f.write(text)
-  os.replace(f"{path}.tmp", path)
-
-
 def markdown(benchmark: str, entry: Mapping) -> str:
   """One benchmark's table: ours (mean ± SEM) beside the paper's, and DHP+X ≥ X?"""
   rows = entry["rows"]
@@ -223,7 +217,7 @@ def write_tables(bench_dir: str, benchmark: str, preset: str, rows) -> Optional[
     return None
   entry = table_entry(benchmark, preset, runs)
   training.write_json_atomic(os.path.join(bench_dir, "table1.json"), {benchmark: entry})
-  _write_text_atomic(os.path.join(bench_dir, "table1.md"), markdown(benchmark, entry))
+  training.write_text_atomic(os.path.join(bench_dir, "table1.md"), markdown(benchmark, entry))
   plotting.plot_accuracy({ROW_LABELS[r]: runs[r] for r in ROWS if r in runs},
                          os.path.join(bench_dir, "accuracy.png"), f"{benchmark} ({preset})")
   if "dhp" in runs:
@@ -281,7 +275,7 @@ def side_by_side(out_root: str) -> Optional[str]:
 def write_side_by_side(out_root: str) -> None:
   text = side_by_side(out_root)
   if text is not None:
-    _write_text_atomic(os.path.join(out_root, "table1.md"), text)
+    training.write_text_atomic(os.path.join(out_root, "table1.md"), text)
 
 
 def check_names(benchmarks, rows) -> None:
