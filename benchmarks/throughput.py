@@ -59,8 +59,7 @@ def make_epoch(head: str, num_seeds: int, steps: int, xla_defaults: bool = False
   keys = jax.vmap(jax.random.key)(jnp.arange(num_seeds, dtype=jnp.uint32))
   create = lambda k: training.create_state(k, model, streams[0].input_shape, optimizer)
   state = training.seed_jit(create, 0)(keys)
-  split = training._subset(streams[0].tasks[0].train, config.train_subset)
-  perms = training._stack_permutations([s.tasks[0] for s in streams])
+  split, perms = training.task_training_inputs(config, streams, 0)
 
   def epoch(state, key, split, perm):
     return training.train_epoch(state, key, split, perm, batch_size=64, model=model,

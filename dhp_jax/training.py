@@ -453,6 +453,14 @@ def _stack_permutations(tasks):
   return jnp.asarray(np.stack(perms), jnp.int32)
 
 
+def task_training_inputs(config: Config, streams, task: int):
+  """Task ``task``'s (0-based) training split — its first ``config.train_subset`` samples
+  when that is set — and the seeds' pixel permutations stacked ``[S, D]`` int32 (None for
+  benchmarks without permutations): what ``train_epoch`` takes, seed-vmapped."""
+  tasks = [s.tasks[task] for s in streams]
+  return _subset(tasks[0].train, config.train_subset), _stack_permutations(tasks)
+
+
 # ---------------------------------------------------------------------------------------
 # Results on disk: atomic JSON and per-task checkpoints.
 
@@ -617,12 +625,12 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
                              optimizer=optimizer, freeze_alpha=config.freeze_alpha)
   state = _put(seed_jit(create, 0)(init_keys), sharding)
 
-  tasks = [[s.tasks[t] for s in streams] for t in range(num_tasks)]
-  test_splits = [_put(tasks[t][0].test, replicated) for t in range(num_tasks)]
-  train_splits = [_put(_subset(tasks[t][0].train, config.train_subset), replicated)
-                  for t in range(num_tasks)]
-  perms = [_put(_stack_permutations(tasks[t]), sharding) for t in range(num_tasks)]
-  slices = [tasks[t][0].output_slice for t in range(num_tasks)]
+  tasks = stream.tasks[:num_tasks]
+  test_splits = [_put(task.test, replicated) for task in tasks]
+  train_inputs = [task_training_inputs(config, streams, t) for t in range(num_tasks)]
+  train_splits = [_put(split, replicated) for split, _ in train_inputs]
+  perms = [_put(perm, sharding) for _, perm in train_inputs]
+  slices = [task.output_slice for task in tasks]
 
   step_kwargs = dict(model=model, optimizer=optimizer, freeze_alpha=config.freeze_alpha,
                      project_eta=config.eta_constraint == "project")
@@ -732,7 +740,7 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
     acc[:, t] = eval_all(state)
     done = t + 1
     result = {"config": config.to_json(), "completed_tasks": done, "num_tasks": num_tasks,
-              "notes": list(stream.notes), "task_names": [x[0].name for x in tasks],
+              "notes": list(stream.notes), "task_names": [task.name for task in tasks],
               "per_seed": _per_seed_results(seeds, acc, init_acc, done, diverged_seeds),
               "trace": trace,
               "devices": [str(d) for d in jax.devices()],

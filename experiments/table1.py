@@ -144,15 +144,20 @@ def _complete(row: Mapping) -> bool:
   return row["completed_tasks"] == row["num_tasks"]
 
 
+def _seeds_trained(rows: Mapping) -> str:
+  """"3 seeds" / "1/3 seeds": seeds each row trained, diverged ones included."""
+  counts = sorted({r["num_seeds"] + len(r.get("diverged_seeds", ())) for r in rows.values()})
+  return "/".join(map(str, counts)) + (" seed" if counts == [1] else " seeds")
+
+
 def markdown(benchmark: str, entry: Mapping) -> str:
   """One benchmark's table: ours (mean ± SEM) beside the paper's, and DHP+X ≥ X?"""
   rows = entry["rows"]
-  seeds = sorted({r["num_seeds"] for r in rows.values()})
   paper_epochs = training.make_config(_benchmark(benchmark)[0], "paper").epochs
   scale = ("" if entry["epochs"] == paper_epochs else
            f" — **reduced scale** (the paper: {paper_epochs} epochs/task)")
   lines = [f"### {benchmark} — preset `{entry['preset']}`, {entry['epochs']} epoch(s)/task, "
-           f"{entry['num_tasks']} tasks, seeds per row: {', '.join(map(str, seeds))}{scale}",
+           f"{entry['num_tasks']} tasks, {_seeds_trained(rows)} per row{scale}",
            ""]
   if entry.get("data_notes"):
     lines += [f"Data: {entry['data_notes']}", ""]
@@ -256,10 +261,9 @@ def side_by_side(out_root: str) -> Optional[str]:
 
   def scale(benchmark, entry):
     paper_epochs = training.make_config(_benchmark(benchmark)[0], "paper").epochs
-    seeds = "/".join(map(str, sorted({r["num_seeds"] for r in entry["rows"].values()})))
     epochs = str(entry["epochs"]) if entry["epochs"] == paper_epochs else \
         f"**{entry['epochs']}** (paper: {paper_epochs})"
-    return f"{epochs} epochs/task, {entry['num_tasks']} tasks, {seeds} seeds"
+    return f"{epochs} epochs/task, {entry['num_tasks']} tasks, {_seeds_trained(entry['rows'])}"
 
   lines = ["| row | " + " | ".join(f"{b} ({p})" for b, p, _ in columns) + " |",
            "|---" * (len(columns) + 1) + "|",

@@ -155,9 +155,12 @@ def test_a_row_with_one_diverged_seed_shows_the_mean_of_the_others(tmp_path):
     md = f.read()
   assert ("| Online EWC (**diverged**: seed 2 in task 2, epoch 1; mean over the other 2 "
           "seeds) | 92.00 ± 2.00 | 97.65 | -5.65 |") in md
+  assert "2 tasks, 3 seeds per row" in md   # the diverged seed was trained too
   table1.write_side_by_side(str(tmp_path))
   with open(os.path.join(str(tmp_path), "table1.md")) as f:
-    assert "| 92.00 ± 2.00 [1 seed(s) diverged] (97.65) |" in f.read()
+    side = f.read()
+  assert "| 92.00 ± 2.00 [1 seed(s) diverged] (97.65) |" in side
+  assert "2 tasks, 3 seeds |" in side
 
 
 def test_a_row_that_diverges_does_not_stop_the_table(tmp_path):
@@ -186,7 +189,7 @@ def test_side_by_side_table_over_recorded_benchmarks(tmp_path):
   with open(tmp_path / "table1.md") as f:
     md = f.read()
   assert "| row | split_mnist (quick) |" in md
-  assert "| scale | **2** (paper: 10) epochs/task, 2 tasks, 1 seeds |" in md
+  assert "| scale | **2** (paper: 10) epochs/task, 2 tasks, 1 seed |" in md
   assert "| Finetune | 90.00 (90.43) |" in md and "| SI | not run |" in md
   assert "η projected" not in md   # opt-in rows appear only where they were run
   with open(tmp_path / "split_mnist_quick" / "table1.md") as f:
