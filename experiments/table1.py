@@ -231,8 +231,6 @@ def write_tables(bench_dir: str, benchmark: str, preset: str, rows) -> Optional[
   return entry
 
 
-
-
 def side_by_side(out_root: str) -> Optional[str]:
   """Table I's layout over every ``<out_root>/<benchmark>_<preset>/table1.json``: one
   column per recorded benchmark and preset, cells "ours (paper)"; None when none exist."""
