@@ -61,6 +61,9 @@ reproduce: fetch
 		--preset=paper --num_seeds=1 --out_root=results --noprogress
 	$(PY) experiments/table1.py --benchmarks=permuted_mnist --preset=paper --num_seeds=1 \
 		--out_root=results --noprogress --rows=dhp_eta_projected,dhp+mas_eta_projected
+	$(PY) experiments/table1.py --benchmarks=imbalanced_permuted_mnist --preset=paper \
+		--num_seeds=1 --out_root=results --noprogress \
+		--rows=online_ewc_lambda100,dhp+online_ewc_lambda100
 
 test: $(VENV)/.test fetch
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests

@@ -25,6 +25,14 @@ def accuracy_curve(results: Mapping):
                     if "diverged" not in s])   # a diverged seed's curve stops early
 
 
+def curve_label(label: str, results: Mapping) -> str:
+  """Legend entry of one Fig. 2 curve: the final average accuracy, or where the run
+  diverged (its curve stops early, so its last point is not a final accuracy)."""
+  if "diverged" in results:
+    return f"{label} (diverged in task {results['diverged']['task']})"
+  return f"{label} ({100 * accuracy_curve(results)[0][-1]:.2f}%)"
+
+
 def plot_accuracy(runs: Mapping[str, Mapping], path: str, title: str = "") -> None:
   """Fig. 2: average test accuracy over the tasks seen vs number of tasks, mean ± SEM.
 
@@ -36,7 +44,7 @@ def plot_accuracy(runs: Mapping[str, Mapping], path: str, title: str = "") -> No
     mean, sem = accuracy_curve(results)
     x = np.arange(1, len(mean) + 1)
     ax.errorbar(x, 100 * mean, yerr=100 * sem, marker="o", ms=3, capsize=2,
-                label=f"{label} ({100 * mean[-1]:.2f}%)")
+                label=curve_label(label, results))
   ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
   ax.set_xlabel("number of tasks learned")
   ax.set_ylabel("average test accuracy (%)")

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from dhp_jax import training
+from dhp_jax import plotting, training
 from experiments import eta_sweep, table1
 
 
@@ -194,3 +194,12 @@ def test_side_by_side_table_over_recorded_benchmarks(tmp_path):
   assert "η projected" not in md   # opt-in rows appear only where they were run
   with open(tmp_path / "split_mnist_quick" / "table1.md") as f:
     assert "| yes (1 seed: no SEM) |" in f.read()
+
+
+def test_fig2_legend_shows_the_surviving_seeds_mean_or_where_the_row_diverged():
+  results = {"per_seed": [{"avg_accuracy_curve": [0.9, 0.8]},
+                          {"avg_accuracy_curve": [0.9, 0.6]},
+                          {"avg_accuracy_curve": [0.1], "diverged": {"task": 2}}]}
+  assert plotting.curve_label("SI", results) == "SI (70.00%)"
+  results["diverged"] = {"task": 6, "epoch": 2, "quantities": ["loss"], "seeds": [0]}
+  assert plotting.curve_label("SI", results) == "SI (diverged in task 6)"
