@@ -537,6 +537,100 @@ def config_matches(saved: dict, config: Config) -> bool:
   return {**defaults, **saved} == config.to_json()
 
 
+def seeds_to_extend(results_path: str, config: Config) -> int:
+  """How many seeds a finished run at ``results_path`` holds when it is ``config`` with
+  fewer seeds (same first seed; every task done, or stopped with all its seeds diverged);
+  0 when there is no such run. Those seeds need not be trained again for ``config``."""
+  if not os.path.exists(results_path):
+    return 0
+  with open(results_path) as f:
+    saved = json.load(f)
+  held = saved.get("config", {}).get("num_seeds", 1)
+  if held >= config.num_seeds:
+    return 0
+  fewer = dataclasses.replace(config, num_seeds=held)
+  return held if is_complete(results_path, fewer) else 0
+
+
+def _mark_stopped_seeds(run: dict) -> list:
+  """Per-seed entries of a finished run, the seeds a run-wide divergence stopped marked
+  as diverged in their own entry (as the engine marks a seed that diverged alone)."""
+  stop = run.get("diverged")
+  return [{**e, "diverged": {k: stop[k] for k in ("task", "epoch", "quantities")}}
+          if stop and e["seed"] in stop["seeds"] and "diverged" not in e else e
+          for e in run["per_seed"]]
+
+
+def merge_seed_runs(first: dict, second: dict) -> dict:
+  """One results payload holding the seeds of two finished runs of one config.
+
+  Args:
+    first, second: ``results.json`` payloads of the same config whose seeds follow on
+      (``second``'s first seed = ``first``'s first seed + its ``num_seeds``), each with
+      every task done or stopped because all its seeds diverged.
+  Returns:
+    The payload ``train_and_evaluate`` would have written for all the seeds at once (up
+    to float reassociation in the vmapped matmuls): per-seed entries and per-epoch trace
+    values concatenated (None where a run had stopped), mean/SEM over the surviving
+    seeds, wall times summed; run-wide ``"diverged"`` only if no seed finished.
+  """
+  defaults = Config().to_json()
+  a, b = {**defaults, **first["config"]}, {**defaults, **second["config"]}
+  if {**b, "seed": a["seed"], "num_seeds": a["num_seeds"]} != a or \
+      b["seed"] != a["seed"] + a["num_seeds"]:
+    raise ValueError(f"merge_seed_runs: second run (seed {b['seed']}, {b['num_seeds']} "
+                     f"seeds) does not continue the first (seed {a['seed']}, "
+                     f"{a['num_seeds']} seeds) with the same config")
+  for name, run in (("first", first), ("second", second)):
+    if run["completed_tasks"] != run["num_tasks"] and "diverged" not in run:
+      raise ValueError(f"merge_seed_runs: {name} run is unfinished "
+                       f"({run['completed_tasks']}/{run['num_tasks']} tasks)")
+  per_seed = _mark_stopped_seeds(first) + _mark_stopped_seeds(second)
+  longer = max(first, second, key=lambda r: len(r["trace"]["task"]))
+  trace = {"task": list(longer["trace"]["task"])}
+  for key in first["trace"]:
+    if key != "task":
+      trace[key] = [
+          [v for run, n in ((first, a["num_seeds"]), (second, b["num_seeds"]))
+           for v in (run["trace"][key][i] if i < len(run["trace"][key]) else [None] * n)]
+          for i in range(len(trace["task"]))]
+  merged = {**first, "config": {**a, "num_seeds": a["num_seeds"] + b["num_seeds"]},
+            "completed_tasks": longer["completed_tasks"], "per_seed": per_seed,
+            "trace": trace, "wall_time_s": round((first.get("wall_time_s") or 0)
+                                                 + (second.get("wall_time_s") or 0), 1)}
+  merged.pop("diverged", None)
+  if all("diverged" in e for e in per_seed):
+    merged["diverged"] = {**longer["diverged"], "seeds": [e["seed"] for e in per_seed]}
+  merged["mean"], merged["sem"] = summarize(per_seed)
+  return merged
+
+
+def extend_seeds(config: Config, out_dir: str, *, train=None, **train_kwargs) -> dict:
+  """Adds seeds to the finished run in ``out_dir`` until it holds ``config.num_seeds``.
+
+  Trains only the missing seeds (in ``out_dir/seeds_<first>-<last>``, resumable like any
+  run) and merges them into ``out_dir/results.json`` (atomically). ``train`` defaults to
+  ``train_and_evaluate``; ``train_kwargs`` go to it. A ``NonFiniteError`` of the new
+  seeds is not raised: they are merged as diverged seeds.
+  """
+  results_path = os.path.join(out_dir, "results.json")
+  held = seeds_to_extend(results_path, config)
+  if not held:
+    raise ValueError(f"extend_seeds: {results_path} holds no finished run of this config "
+                     f"with fewer than {config.num_seeds} seeds")
+  extra = dataclasses.replace(config, seed=config.seed + held,
+                              num_seeds=config.num_seeds - held)
+  extra_dir = os.path.join(out_dir, f"seeds_{extra.seed}-{config.seed + config.num_seeds - 1}")
+  try:
+    (train or train_and_evaluate)(extra, extra_dir, resume=True, **train_kwargs)
+  except NonFiniteError:
+    pass   # recorded in extra_dir's results.json as a run-wide divergence
+  with open(results_path) as f, open(os.path.join(extra_dir, "results.json")) as g:
+    merged = merge_seed_runs(json.load(f), json.load(g))
+  write_json_atomic(results_path, merged)
+  return merged
+
+
 def summarize(per_seed: list) -> tuple[dict, dict]:
   """Mean and SEM over the seeds that did not diverge (their numbers would stop earlier)."""
   mean, sem = {}, {}
@@ -661,6 +755,7 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
   diverged_seeds = {}
   trace = {"eta": [], "hebb_norm": [], "alpha_norm": [], "epoch_loss": [], "task": []}
   first_task = 0
+  wall_before = 0.0   # wall time of the tasks a resumed run did before
   results_path = None if out_dir is None else os.path.join(out_dir, "results.json")
   if out_dir is not None:
     os.makedirs(out_dir, exist_ok=True)
@@ -682,6 +777,7 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
           diverged_seeds[entry["seed"]] = entry["diverged"]
       init_acc = np.asarray([e["init_accuracy"] for e in previous["per_seed"]])
       trace = previous["trace"]
+      wall_before = previous.get("wall_time_s") or 0.0
       first_task = done
       log(f"resuming {out_dir} after task {done}/{num_tasks}")
     elif resume:
@@ -744,7 +840,7 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
               "per_seed": _per_seed_results(seeds, acc, init_acc, done, diverged_seeds),
               "trace": trace,
               "devices": [str(d) for d in jax.devices()],
-              "wall_time_s": round(time.time() - wall_start, 1)}
+              "wall_time_s": round(wall_before + time.time() - wall_start, 1)}
     result["mean"], result["sem"] = summarize(result["per_seed"])
     if out_dir is not None:
       _save_checkpoint(out_dir, done, state)

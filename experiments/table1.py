@@ -3,7 +3,9 @@ r"""Reproduce Table I of the paper (plus two control rows), side by side with it
   python experiments/table1.py --benchmarks=split_mnist --preset=paper --num_seeds=10
 
 For every benchmark and row, trains the row's seeds (vmapped) into
-``<out_root>/<benchmark>_<preset>/<row>/`` (resumable; complete rows are skipped), then
+``<out_root>/<benchmark>_<preset>/<row>/`` (resumable; complete rows are skipped; a
+finished row with fewer seeds than ``--num_seeds`` trains only the missing seeds and
+merges them in, so seeds can be added to a long run later), then
 writes ``table1.md``, ``table1.json``, ``accuracy.png`` (Fig. 2) and ``plasticity.png``
 (Fig. 3, the DHP row) next to them.
 """
@@ -299,10 +301,15 @@ def run_table(benchmarks, rows, preset, num_seeds, out_root, *, seed=0, data_dir
     for row in rows:
       config = row_config(benchmark, preset, row, num_seeds=num_seeds, seed=seed, **overrides)
       row_dir = os.path.join(bench_dir, row)
-      if training.is_complete(os.path.join(row_dir, "results.json"), config):
+      results_path = os.path.join(row_dir, "results.json")
+      if training.is_complete(results_path, config):
         continue
       try:
-        results = train(config, row_dir, data_dir=data_dir, resume=True, progress=progress)
+        if training.seeds_to_extend(results_path, config):   # more seeds: train only those
+          results = training.extend_seeds(config, row_dir, train=train, data_dir=data_dir,
+                                          progress=progress)
+        else:
+          results = train(config, row_dir, data_dir=data_dir, resume=True, progress=progress)
       except training.NonFiniteError as e:   # recorded in the row's results.json; go on
         print(f"{training.row_label(config)}: {e}", flush=True)
         continue

@@ -203,3 +203,30 @@ def test_fig2_legend_shows_the_surviving_seeds_mean_or_where_the_row_diverged():
   assert plotting.curve_label("SI", results) == "SI (70.00%)"
   results["diverged"] = {"task": 6, "epoch": 2, "quantities": ["loss"], "seeds": [0]}
   assert plotting.curve_label("SI", results) == "SI (diverged in task 6)"
+
+
+def test_more_seeds_train_only_the_missing_ones_and_merge(tmp_path):
+  bench_dir = _write_tree(str(tmp_path), {"finetune": [0.90]})
+  trained = []
+
+  def train(config, row_dir, **kwargs):
+    trained.append((config.seed, config.num_seeds))
+    results = _fake_results(config, [0.94] * config.num_seeds)
+    for i, entry in enumerate(results["per_seed"]):
+      entry["seed"] = config.seed + i
+    os.makedirs(row_dir)
+    with open(os.path.join(row_dir, "results.json"), "w") as f:
+      json.dump(results, f)
+    return results
+
+  tables = table1.run_table(["split_mnist"], ["finetune"], "quick", 3, str(tmp_path),
+                            train=train)
+  assert trained == [(1, 2)]   # seed 0 is on disk already
+  row = tables["split_mnist"]["rows"]["finetune"]
+  assert row["num_seeds"] == 3 and row["avg_accuracy"]["mean"] == pytest.approx(92.667, abs=1e-3)
+  with open(os.path.join(bench_dir, "finetune", "results.json")) as f:
+    merged = json.load(f)
+  assert [e["seed"] for e in merged["per_seed"]] == [0, 1, 2]
+  assert merged["config"]["num_seeds"] == 3 and merged["wall_time_s"] == 120.0
+  table1.run_table(["split_mnist"], ["finetune"], "quick", 3, str(tmp_path),
+                   train=_must_not_train)   # now complete

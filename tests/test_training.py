@@ -1,4 +1,5 @@
 """The engine and the experiment binary on small real-MNIST runs."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -62,14 +63,60 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, mnist):
   full, _ = _run(tmp_path, "full", *flags_)
   partial, out = _run(tmp_path, "killed", *flags_, "--stop_after_task=1")
   assert partial["completed_tasks"] == 1
+  path = os.path.join(out, "results.json")
+  with open(path, "w") as f:   # the wall time before the kill is kept and added to
+    json.dump({**partial, "wall_time_s": 1e6}, f)
   resumed, _ = _run(tmp_path, "killed", *flags_, "--resume")
-  assert resumed["completed_tasks"] == 2
+  assert resumed["completed_tasks"] == 2 and resumed["wall_time_s"] > 1e6
   for a, b in zip(full["per_seed"], resumed["per_seed"]):
     np.testing.assert_array_equal(a["accuracy_matrix_all_tasks"],
                                   b["accuracy_matrix_all_tasks"])
   np.testing.assert_array_equal(full["trace"]["eta"], resumed["trace"]["eta"])
   with pytest.raises(ValueError, match="config"):
     _run(tmp_path, "killed", "--method=mas", "--num_seeds=2", "--resume")
+
+
+def test_added_seeds_merge_into_what_one_run_of_all_the_seeds_gives(tmp_path, mnist):
+  both = training.make_config("permuted_mnist", "quick", "si", num_tasks=2,
+                              train_subset=2048, lr=0.1, num_seeds=2)
+  once = training.train_and_evaluate(both, str(tmp_path / "once"), progress=False)
+  row = str(tmp_path / "row")
+  training.train_and_evaluate(dataclasses.replace(both, num_seeds=1), row, progress=False)
+  path = os.path.join(row, "results.json")
+  assert training.seeds_to_extend(path, both) == 1
+  merged = training.extend_seeds(both, row, progress=False)
+  assert merged["config"] == once["config"] and training.is_complete(path, both)
+  assert training.seeds_to_extend(path, both) == 0
+  assert [e["seed"] for e in merged["per_seed"]] == [0, 1]
+  for a, b in zip(once["per_seed"], merged["per_seed"]):
+    # Float reassociation between a 2-seed and two 1-seed vmapped programs, as in
+    # test_vmapped_seeds_equal_separate_runs.
+    np.testing.assert_allclose(a["accuracy_matrix_all_tasks"],
+                               b["accuracy_matrix_all_tasks"], atol=5e-3)
+  np.testing.assert_allclose(once["trace"]["eta"], merged["trace"]["eta"], rtol=1e-2)
+  np.testing.assert_allclose(once["mean"]["avg_accuracy"], merged["mean"]["avg_accuracy"],
+                             atol=5e-3)
+
+
+def test_merging_a_run_whose_seeds_all_diverged_keeps_them_out_of_the_mean():
+  def run(seed, acc, tasks_done, diverged=None):
+    config = training.make_config("permuted_mnist", num_tasks=2, seed=seed).to_json()
+    per_seed = [{"seed": seed, "avg_accuracy": acc, "bwt": 0.0}]
+    payload = {"config": config, "completed_tasks": tasks_done, "num_tasks": 2,
+               "per_seed": per_seed, "wall_time_s": 1.0,
+               "trace": {"eta": [[0.1]] * tasks_done, "task": list(range(tasks_done))}}
+    return {**payload, **({"diverged": diverged} if diverged else {})}
+
+  stop = {"task": 2, "epoch": 1, "quantities": ["loss"], "seeds": [0]}
+  merged = training.merge_seed_runs(run(0, 0.5, 1, stop), run(1, 0.9, 2))
+  assert merged["per_seed"][0]["diverged"] == {"task": 2, "epoch": 1, "quantities": ["loss"]}
+  assert "diverged" not in merged and merged["completed_tasks"] == 2
+  assert merged["mean"]["avg_accuracy"] == 0.9
+  assert merged["trace"]["eta"] == [[0.1, 0.1], [None, 0.1]]
+  with pytest.raises(ValueError, match="does not continue"):
+    training.merge_seed_runs(run(0, 0.5, 2), run(2, 0.9, 2))
+  with pytest.raises(ValueError, match="unfinished"):
+    training.merge_seed_runs(run(0, 0.5, 1), run(1, 0.9, 2))
 
 
 def test_sharded_seeds_equal_one_device(tmp_path, mnist):
