@@ -39,7 +39,9 @@ def plot_accuracy(runs: Mapping[str, Mapping], path: str, title: str = "") -> No
   ``runs`` maps a legend label to a results payload.
   """
   plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = plt.subplots(figsize=(9, 4))
+  # tab10 repeats after ten curves; Table I with controls has up to a dozen.
+  ax.set_prop_cycle(color=(plt.cm.tab10 if len(runs) <= 10 else plt.cm.tab20).colors)
   for label, results in runs.items():
     mean, sem = accuracy_curve(results)
     x = np.arange(1, len(mean) + 1)
@@ -50,7 +52,7 @@ def plot_accuracy(runs: Mapping[str, Mapping], path: str, title: str = "") -> No
   ax.set_ylabel("average test accuracy (%)")
   ax.set_title(title)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))   # beside, not over
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
