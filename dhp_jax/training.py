@@ -624,7 +624,9 @@ def extend_seeds(config: Config, out_dir: str, *, train=None, **train_kwargs) ->
   try:
     (train or train_and_evaluate)(extra, extra_dir, resume=True, **train_kwargs)
   except NonFiniteError:
-    pass   # recorded in extra_dir's results.json as a run-wide divergence
+    if not os.path.exists(os.path.join(extra_dir, "results.json")):
+      raise   # diverged in the first task: nothing recorded to merge
+    # otherwise recorded in extra_dir's results.json as a run-wide divergence
   with open(results_path) as f, open(os.path.join(extra_dir, "results.json")) as g:
     merged = merge_seed_runs(json.load(f), json.load(g))
   write_json_atomic(results_path, merged)
