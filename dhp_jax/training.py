@@ -530,11 +530,15 @@ def is_complete(results_path: str, config: Config) -> bool:
   return len(gone) == config.num_seeds
 
 
+def _with_defaults(saved: dict) -> dict:
+  """A saved config as JSON, keys added to ``Config`` after it was saved at their
+  defaults (so older results stay valid)."""
+  return {**Config().to_json(), **saved}
+
+
 def config_matches(saved: dict, config: Config) -> bool:
-  """Whether a saved config describes ``config``; keys added to ``Config`` after the run
-  was saved count as their defaults (so older results stay valid)."""
-  defaults = Config().to_json()
-  return {**defaults, **saved} == config.to_json()
+  """Whether a saved config describes ``config`` (see ``_with_defaults``)."""
+  return _with_defaults(saved) == config.to_json()
 
 
 def seeds_to_extend(results_path: str, config: Config) -> int:
@@ -574,8 +578,7 @@ def merge_seed_runs(first: dict, second: dict) -> dict:
     values concatenated (None where a run had stopped), mean/SEM over the surviving
     seeds, wall times summed; run-wide ``"diverged"`` only if no seed finished.
   """
-  defaults = Config().to_json()
-  a, b = {**defaults, **first["config"]}, {**defaults, **second["config"]}
+  a, b = _with_defaults(first["config"]), _with_defaults(second["config"])
   if {**b, "seed": a["seed"], "num_seeds": a["num_seeds"]} != a or \
       b["seed"] != a["seed"] + a["num_seeds"]:
     raise ValueError(f"merge_seed_runs: second run (seed {b['seed']}, {b['num_seeds']} "
@@ -765,7 +768,7 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
       with open(results_path) as f:
         previous = json.load(f)
       if not config_matches(previous["config"], config):
-        saved = {**Config().to_json(), **previous["config"]}
+        saved = _with_defaults(previous["config"])
         diff = {k: (saved.get(k), v) for k, v in config.to_json().items()
                 if saved.get(k) != v}
         raise ValueError(f"--resume: the config in {results_path} differs from this run's "
