@@ -209,6 +209,32 @@ def vision_mixture(datasets: Sequence[str] = VISION_DATASETS, *, skip_missing: b
                 notes=tuple(notes))
 
 
+def _permuted_stream(options, seed, data_dir):
+  return permuted_mnist(options.num_tasks, seed, data_dir=data_dir)
+
+
+def _imbalanced_stream(options, seed, data_dir):
+  return imbalanced_permuted_mnist(options.num_tasks, seed, data_dir=data_dir)
+
+
+def _split_stream(options, seed, data_dir):
+  del seed   # no random parts
+  return split_mnist(scenario=options.scenario, data_dir=data_dir)
+
+
+def _mixture_stream(options, seed, data_dir):
+  return vision_mixture(options.vision_datasets, skip_missing=True, data_dir=data_dir,
+                        seed=seed)
+
+
+# The benchmarks by name: ``builder(options, seed, data_dir) -> Stream``, ``options``
+# holding ``num_tasks``, ``scenario`` and ``vision_datasets`` (a ``Config``).
+STREAM_BUILDERS = {"permuted_mnist": _permuted_stream,
+                   "imbalanced_permuted_mnist": _imbalanced_stream,
+                   "split_mnist": _split_stream, "vision_mixture": _mixture_stream}
+BENCHMARKS = tuple(STREAM_BUILDERS)
+
+
 def clear_cache() -> None:
   """Drops the cached device arrays (they are otherwise kept for the process lifetime)."""
   for cached in (_device_data_cached, _all_rows, _class_rows, _offset_labels,

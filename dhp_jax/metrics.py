@@ -1,13 +1,15 @@
-"""Continual-learning metrics from an accuracy matrix (SPEC §3; Lopez-Paz & Ranzato 2017).
+"""Continual-learning metrics from an accuracy matrix (SPEC §3; Lopez-Paz & Ranzato 2017),
+and paired statistics over seeds.
 
 ``accuracy_matrix[T, i]`` is the test accuracy on task i after training task T (0-based),
 as a fraction. Entries above the diagonal (tasks not yet trained) are used only by FWT.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
+from scipy import stats   # a dependency of jax
 
 
 def _check_matrix(accuracy_matrix) -> np.ndarray:
@@ -57,3 +59,29 @@ def mean_and_sem(values) -> tuple[float, float]:
     raise ValueError("values must be non-empty")
   sem = float(np.std(v, ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0
   return float(np.mean(v)), sem
+
+
+def paired_difference(first: Mapping[int, float], second: Mapping[int, float]) -> dict:
+  """Paired statistics of ``first − second`` over the seeds both hold.
+
+  Args:
+    first, second: seed -> value (e.g. two rows' final average accuracy per seed); a seed
+      only one of them holds is left out.
+  Returns:
+    ``{"seeds": shared seeds (sorted), "differences": first − second per seed, "mean",
+    "sem" (ddof=1), "ci95": (lo, hi) the 95 % Student-t interval of the mean difference
+    (n − 1 degrees of freedom), "wins": seeds where first is higher, "n"}``.
+  Raises:
+    ValueError when fewer than two seeds are shared: there is no SEM and no interval
+    (callers skip the pair).
+  """
+  seeds = sorted(set(first) & set(second))
+  if len(seeds) < 2:
+    raise ValueError(f"first and second must share at least 2 seeds, got {len(seeds)} "
+                     f"(first: {sorted(first)}, second: {sorted(second)})")
+  differences = np.array([first[s] - second[s] for s in seeds], dtype=np.float64)
+  mean, sem = mean_and_sem(differences)
+  half_width = float(stats.t.ppf(0.975, len(seeds) - 1)) * sem
+  return {"seeds": seeds, "differences": differences.tolist(), "mean": mean, "sem": sem,
+          "ci95": (mean - half_width, mean + half_width),
+          "wins": int(np.sum(differences > 0)), "n": len(seeds)}

@@ -58,6 +58,30 @@ def plot_accuracy(runs: Mapping[str, Mapping], path: str, title: str = "") -> No
   plt.close(fig)
 
 
+_PLASTICITY = (("eta", "η"), ("hebb_norm", "‖Hebb‖$_F$"), ("alpha_norm", "‖α‖$_F$"))
+
+
+def _plasticity_axes(plt, trace: Mapping):
+  """Fig. 3's three panels (η, ‖Hebb‖_F, ‖α‖_F vs epoch), task boundaries of ``trace``
+  marked; returns the figure and the axes in ``_PLASTICITY`` order."""
+  fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+  tasks = np.asarray(trace["task"][-len(trace["eta"]):])
+  for ax, (_, name) in zip(axes, _PLASTICITY):
+    for b in np.flatnonzero(np.diff(tasks)) + 1.5:
+      ax.axvline(b, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel("epoch")
+    ax.set_title(name)
+  return fig, axes
+
+
+def _save(plt, fig, path: str, title: str, legend_space: float = 0.0) -> None:
+  """Titles, lays out (keeping ``legend_space`` of the height free at the bottom), writes."""
+  fig.suptitle(title)
+  fig.tight_layout(rect=(0, legend_space, 1, 1))
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def plot_plasticity(results: Mapping, path: str, title: str = "") -> bool:
   """Fig. 3: η, ‖Hebb‖_F and ‖α‖_F per epoch (mean over seeds), task boundaries marked.
 
@@ -67,23 +91,48 @@ def plot_plasticity(results: Mapping, path: str, title: str = "") -> bool:
   if not trace.get("eta"):
     return False
   plt = _pyplot()
-  fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-  tasks = np.asarray(trace["task"][-len(trace["eta"]):])
-  x = np.arange(1, len(tasks) + 1)
-  boundaries = np.flatnonzero(np.diff(tasks)) + 1.5
-  for ax, key, name in zip(axes, ("eta", "hebb_norm", "alpha_norm"),
-                           ("η", "‖Hebb‖$_F$", "‖α‖$_F$")):
+  fig, axes = _plasticity_axes(plt, trace)
+  x = np.arange(1, len(trace["eta"]) + 1)
+  for ax, (key, _) in zip(axes, _PLASTICITY):
     mean, sem = _mean_sem(np.asarray(trace[key], dtype=float).T)
     ax.plot(x, mean)
     ax.fill_between(x, mean - sem, mean + sem, alpha=0.3)
-    for b in boundaries:
-      ax.axvline(b, color="grey", lw=0.5, ls=":")
-    ax.set_xlabel("epoch")
-    ax.set_title(name)
-  fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(plt, fig, path, title)
+  return True
+
+
+def plot_plasticity_per_seed(runs: Mapping[str, Mapping], path: str, title: str = "") -> bool:
+  """Fig. 3 with one line per seed: η, ‖Hebb‖_F and ‖α‖_F per epoch, rows overlaid.
+
+  ``runs`` maps a legend label to a results payload (``trace[key][epoch][seed_index]``,
+  None where a seed had diverged). Each row gets its own colour map, its seeds shades of
+  it (light → dark in ``per_seed`` order), so rows stay apart and seeds stay visible.
+  Returns False (and writes nothing) when no run has a DHP head.
+  """
+  colour_maps = ("Blues", "Oranges", "Greens", "Purples")
+  if len(runs) > len(colour_maps):
+    raise ValueError(f"runs: at most {len(colour_maps)} rows per figure, got {len(runs)}")
+  runs = {label: results for label, results in runs.items() if results["trace"].get("eta")}
+  if not runs:
+    return False
+  plt = _pyplot()
+  longest = max(runs.values(), key=lambda r: len(r["trace"]["eta"]))
+  fig, axes = _plasticity_axes(plt, longest["trace"])
+  for (label, results), colour_map in zip(runs.items(), colour_maps):
+    trace, seeds = results["trace"], [e["seed"] for e in results["per_seed"]]
+    colours = plt.get_cmap(colour_map)(np.linspace(0.45, 0.95, len(seeds)))
+    span = f"seed {seeds[0]}" if len(seeds) == 1 else \
+        f"seeds {seeds[0]}–{seeds[-1]}, light → dark"
+    x = np.arange(1, len(trace["eta"]) + 1)
+    for ax, (key, _) in zip(axes, _PLASTICITY):
+      values = np.asarray(trace[key], dtype=float)   # None (diverged) -> NaN: a gap
+      for s, colour in enumerate(colours):
+        ax.plot(x, values[:, s], color=colour, lw=1,
+                label=f"{label}, {span}" if s == len(seeds) - 1 else None)
+  # Below the panels: inside one it would hide the lines it names.
+  fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(runs),
+             fontsize=7, frameon=False)
+  _save(plt, fig, path, title, legend_space=0.08)
   return True
 
 

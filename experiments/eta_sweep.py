@@ -8,80 +8,75 @@ skipped); ``eta_sweep.json`` and ``eta_sweep.png`` summarise them.
 """
 from __future__ import annotations
 
-import json
 import os
+import sys
 
-from absl import app, flags, logging
+from absl import flags
 
-FLAGS = flags.FLAGS
+if __package__ in (None, ""):   # run as a script: make `experiments` importable
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dhp_jax import plotting, training
+from dhp_jax import engine, plotting, results as results_lib, store
+from dhp_jax.config import PRESET_NAMES, make_config
+from experiments import cli
 
 ETAS = (0.1, 0.01, 0.001, 0.0005, 0.0001)
 
 
 def run_sweep(benchmarks, etas, preset, num_seeds, out_root, *, seed=0, data_dir=None,
-              progress=True, **overrides) -> dict:
+              progress=True, logdir=None, **overrides) -> dict:
   """Returns ``{benchmark: {"eta": [...], "mean": [...], "sem": [...]}}`` (fractions)."""
   sweep_dir = os.path.join(out_root, f"eta_sweep_{preset}")
   summary = {}
   for benchmark in benchmarks:
     points = {"eta": [], "mean": [], "sem": []}
     for eta in etas:
-      config = training.make_config(benchmark, preset, "finetune", head="dhp", eta_init=eta,
-                                    num_seeds=num_seeds, seed=seed, **overrides)
+      config = make_config(benchmark, preset, "finetune", head="dhp", eta_init=eta,
+                           num_seeds=num_seeds, seed=seed, **overrides)
       out_dir = os.path.join(sweep_dir, benchmark, f"eta_{eta:g}")
-      path = os.path.join(out_dir, "results.json")
-      if training.is_complete(path, config):
-        with open(path) as f:
-          results = json.load(f)
+      if store.is_complete(out_dir, config):
+        results = store.read_results(out_dir)
       else:
-        results = training.train_and_evaluate(config, out_dir, data_dir=data_dir, resume=True,
-                                              progress=progress)
-        print(f"η₀={eta:g}: " + training.summary_line(config, results), flush=True)
+        name = f"eta_sweep_{preset}/{benchmark}/eta_{eta:g}"
+        with cli.metric_writers(logdir, name, config) as writers:
+          results = engine.train_and_evaluate(config, out_dir, data_dir=data_dir,
+                                              resume=True, progress=progress,
+                                              observers=writers)
+        print(f"η₀={eta:g}: " + results_lib.summary_line(config, results), flush=True)
       points["eta"].append(eta)
       points["mean"].append(results["mean"]["avg_accuracy"])
       points["sem"].append(results["sem"]["avg_accuracy"])
     summary[benchmark] = points
   os.makedirs(sweep_dir, exist_ok=True)
-  training.write_json_atomic(os.path.join(sweep_dir, "eta_sweep.json"),
-                             {"preset": preset, "num_seeds": num_seeds, "sweep": summary})
+  store.write_json_atomic(os.path.join(sweep_dir, "eta_sweep.json"),
+                          {"preset": preset, "num_seeds": num_seeds, "sweep": summary})
   plotting.plot_eta_sweep(list(etas), {b: (p["mean"], p["sem"]) for b, p in summary.items()},
                           os.path.join(sweep_dir, "eta_sweep.png"))
   return summary
 
 
+def define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_list("benchmarks", ["split_mnist"], "Benchmarks to sweep.", flag_values=fv)
+  flags.DEFINE_list("etas", [f"{e:g}" for e in ETAS], "Initial η values.", flag_values=fv)
+  flags.DEFINE_enum("preset", "quick", list(PRESET_NAMES), "Preset.", flag_values=fv)
+  cli.define_config_flags(fv, cli.RUN_SIZE_FIELDS, defaults=dict(num_seeds=5, seed=0))
+  flags.DEFINE_string("out_root", "results", "Root folder.", flag_values=fv)
 
 
-def define_flags() -> None:
-  """Defined only when run as a binary, so modules can be imported side by side."""
-  flags.DEFINE_list("benchmarks", ["split_mnist"], "Benchmarks to sweep.")
-  flags.DEFINE_list("etas", [f"{e:g}" for e in ETAS], "Initial η values.")
-  flags.DEFINE_enum("preset", "quick", list(training.PRESETS), "Preset.")
-  flags.DEFINE_integer("num_seeds", 5, "Seeds per point (the paper: 5).",
-                       lower_bound=1)
-  flags.DEFINE_integer("epochs", None, "Override epochs per task.", lower_bound=1)
-  flags.DEFINE_integer("num_tasks", None, "Override number of tasks.",
-                       lower_bound=1)
-  flags.DEFINE_integer("train_subset", 0, "First n training samples per task.",
-                       lower_bound=0)
-  flags.DEFINE_string("out_root", "results", "Root folder.")
-  flags.DEFINE_string("data_dir", None, "Data search path.")
-  flags.DEFINE_bool("progress", True, "Progress bars.")
-
-
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
+def run(fv: flags.FlagValues) -> dict:
   try:
-    etas = [float(e) for e in FLAGS.etas]
-  except ValueError as e:
-    raise app.UsageError(f"--etas must be a list of numbers, got {FLAGS.etas}") from e
-  run_sweep(FLAGS.benchmarks, etas, FLAGS.preset, FLAGS.num_seeds, FLAGS.out_root,
-            data_dir=FLAGS.data_dir, progress=FLAGS.progress, epochs=FLAGS.epochs,
-            num_tasks=FLAGS.num_tasks, train_subset=FLAGS.train_subset)
+    etas = [float(e) for e in fv.etas]
+  except ValueError:
+    raise ValueError(f"--etas must be a list of numbers, got {fv.etas}") from None
+  overrides = cli.config_overrides(fv, cli.RUN_SIZE_FIELDS)
+  return run_sweep(fv.benchmarks, etas, fv.preset, overrides.pop("num_seeds"), fv.out_root,
+                   seed=overrides.pop("seed"), data_dir=fv.data_dir, progress=fv.progress,
+                   logdir=fv.logdir, **overrides)
+
+
+def main(argv=None) -> dict:
+  return cli.main(run, define_flags, argv)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.entry_point(run, define_flags)

@@ -6,64 +6,29 @@ For every benchmark and row, trains the row's seeds (vmapped) into
 ``<out_root>/<benchmark>_<preset>/<row>/`` (resumable; complete rows are skipped; a
 finished row with fewer seeds than ``--num_seeds`` trains only the missing seeds and
 merges them in, so seeds can be added to a long run later), then
-writes ``table1.md``, ``table1.json``, ``accuracy.png`` (Fig. 2) and ``plasticity.png``
-(Fig. 3, the DHP row) next to them.
+writes ``table1.md``, ``table1.json`` (with paired-seed differences between rows),
+``accuracy.png`` (Fig. 2), ``plasticity.png`` (Fig. 3, the DHP row, one line per seed) and,
+when both rows exist, ``plasticity_dhp+mas.png`` (DHP+MAS beside its η-projected control)
+next to them.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import sys
 from typing import Mapping, Optional
 
-from absl import app, flags, logging
+from absl import flags
 
-FLAGS = flags.FLAGS
+if __package__ in (None, ""):   # run as a script: make `experiments` importable
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dhp_jax import plotting, training
+from dhp_jax import engine, metrics, plotting, results as results_lib, store
+from experiments import cli
+from dhp_jax.config import (BASELINE_OF, DEFAULT_ROWS, PRESET_NAMES, ROWS, TABLES,
+                            make_config, row_config, row_label, table_benchmark)
 
-# The paper's rows, then the two controls that separate plasticity from the θ init.
-ROWS = {
-    "finetune": dict(method="finetune", head="matched"),
-    "dhp": dict(method="finetune", head="dhp"),
-    "si": dict(method="si", head="matched"),
-    "dhp+si": dict(method="si", head="dhp"),
-    "online_ewc": dict(method="online_ewc", head="matched"),
-    "dhp+online_ewc": dict(method="online_ewc", head="dhp"),
-    "mas": dict(method="mas", head="matched"),
-    "dhp+mas": dict(method="mas", head="dhp"),
-    "dhp_frozen_alpha": dict(method="finetune", head="dhp", freeze_alpha=True),
-    "finetune_dense": dict(method="finetune", head="matched", theta_init="dense"),
-    # Opt-in (not in the default --rows): SGD may drive the learned η past 1, where the
-    # trace update over-relaxes; this row keeps the stored η in [0, 1] (SPEC §1 option).
-    "dhp_eta_projected": dict(method="finetune", head="dhp", eta_constraint="project"),
-    # Opt-in Online EWC variants beside the faithful rows (SPEC §2: exact Fisher, γ = 1),
-    # to see whether its divergence at the paper's λ depends on those choices.
-    "online_ewc_gamma0.9": dict(method="online_ewc", head="matched", ewc_gamma=0.9),
-    "dhp+online_ewc_gamma0.9": dict(method="online_ewc", head="dhp", ewc_gamma=0.9),
-    "online_ewc_empirical": dict(method="online_ewc", head="matched", fisher_mode="empirical"),
-    "dhp+online_ewc_empirical": dict(method="online_ewc", head="dhp",
-                                     fisher_mode="empirical"),
-    "online_ewc_lambda100": dict(method="online_ewc", head="matched", strength=100.0),
-    "dhp+online_ewc_lambda100": dict(method="online_ewc", head="dhp", strength=100.0),
-    # Opt-in: DHP+MAS with η kept in [0, 1], where the trace is an average and cannot grow
-    # (the penalty leaves α, η and the trace free, SPEC §2).
-    "dhp+mas_eta_projected": dict(method="mas", head="dhp", eta_constraint="project"),
-}
-DEFAULT_ROWS = tuple(ROWS)[:10]   # Table I's eight rows and the two controls
-ROW_LABELS = {
-    "finetune": "Finetune", "dhp": "DHP Softmax", "si": "SI", "dhp+si": "DHP Softmax + SI",
-    "online_ewc": "Online EWC", "dhp+online_ewc": "DHP Softmax + Online EWC", "mas": "MAS",
-    "dhp+mas": "DHP Softmax + MAS", "dhp_frozen_alpha": "DHP Softmax, α frozen at 0 (control)",
-    "finetune_dense": "Finetune, dense θ init (control)",
-    "dhp_eta_projected": "DHP Softmax, η projected into [0, 1] (control)",
-    "online_ewc_gamma0.9": "Online EWC, γ = 0.9 (variant)",
-    "dhp+online_ewc_gamma0.9": "DHP Softmax + Online EWC, γ = 0.9 (variant)",
-    "online_ewc_empirical": "Online EWC, empirical Fisher (variant)",
-    "dhp+online_ewc_empirical": "DHP Softmax + Online EWC, empirical Fisher (variant)",
-    "online_ewc_lambda100": "Online EWC, λ = 100 (variant)",
-    "dhp+online_ewc_lambda100": "DHP Softmax + Online EWC, λ = 100 (variant)",
-    "dhp+mas_eta_projected": "DHP Softmax + MAS, η projected into [0, 1] (control)",
-}
 # Table I of the paper: average test accuracy (%) / BWT after all tasks, 10 trials.
 PAPER = {
     "permuted_mnist": {"finetune": (76.73, -0.19), "dhp": (78.49, -0.16), "si": (84.72, -0.13),
@@ -83,26 +48,62 @@ PAPER = {
                        "dhp+online_ewc": (79.10, -0.04), "mas": (78.51, -0.05),
                        "dhp+mas": (80.66, -0.01)},
 }
-# DHP+X is compared with X; the controls with the row they perturb.
-_BASELINE_OF = {"dhp": "finetune", **{row: row[len("dhp+"):].removesuffix("_eta_projected")
-                                       for row in ROWS if row.startswith("dhp+")}}
+# Paired comparisons beyond DHP+X − X (``BASELINE_OF``): what learning α adds, and what
+# keeping η in [0, 1] changes. (first row, second row); an entry is first − second.
+_CONTROL_PAIRS = (("dhp", "dhp_frozen_alpha"), ("dhp_eta_projected", "dhp"),
+                  ("dhp+mas_eta_projected", "dhp+mas"))
+# Fig. 3 files -> the rows overlaid in them (one line per seed); drawn when all are on disk.
+_PLASTICITY_FIGURES = {"plasticity.png": ("dhp",),
+                       "plasticity_dhp+mas.png": ("dhp+mas", "dhp+mas_eta_projected")}
+_SEEDS_ARE_PAIRED = (
+    "Seeds are paired: seed s gives every row the same hidden-layer init, θ draw, batch "
+    "order and (where the benchmark draws them) permutations and class removals, so "
+    "per-seed differences between rows cancel most seed noise. \"DHP+X ≥ X?\" reads the "
+    "95 % Student-t interval of the per-seed DHP+X − X over the seeds both rows finished "
+    "(diverged seeds excluded): yes (above 0), no (below 0), undecided (contains 0).")
 
 
-# Tables beyond the paper's four benchmarks: name -> (benchmark, config overrides). The
-# paper's Split MNIST is task-incremental (a head per task); class-incremental shares one
-# 10-way head, where a memory in the output layer has the most to do.
-VARIANTS = {"split_mnist_class": ("split_mnist", {"scenario": "class"})}
-TABLES = training.BENCHMARKS + tuple(VARIANTS)
+def _pair_key(first: str, second: str) -> str:
+  return f"{first} - {second}"
 
 
-def _benchmark(name: str) -> tuple:
-  return VARIANTS.get(name, (name, {}))
+def _accuracy_by_seed(results: Mapping) -> tuple[dict, set]:
+  """{seed: final ACC %} of the seeds that finished, and the seeds that diverged."""
+  diverged = {e["seed"] for e in results["per_seed"] if "diverged" in e}
+  diverged |= set(results.get("diverged", {}).get("seeds", ()))
+  finished = {e["seed"]: 100 * e["avg_accuracy"] for e in results["per_seed"]
+              if e["seed"] not in diverged}
+  return finished, diverged
 
 
-def row_config(name: str, preset: str, row: str, **overrides) -> training.Config:
-  """The config of one row of table ``name`` (a benchmark or a ``VARIANTS`` key)."""
-  benchmark, extra = _benchmark(name)
-  return training.make_config(benchmark, preset, **ROWS[row], **{**extra, **overrides})
+def paired_entry(first: Mapping, second: Mapping) -> Optional[dict]:
+  """ACC (points) of ``first`` − ``second`` (results payloads) over the seeds both finished.
+
+  None when a row stopped early (its accuracies are after fewer tasks) or fewer than two
+  seeds are shared: no interval exists (``metrics.paired_difference`` needs two).
+  """
+  if any(r["completed_tasks"] != r["num_tasks"] for r in (first, second)):
+    return None
+  (a, a_diverged), (b, b_diverged) = _accuracy_by_seed(first), _accuracy_by_seed(second)
+  if len(a.keys() & b.keys()) < 2:
+    return None
+  paired = metrics.paired_difference(a, b)
+  trained_by_both = {e["seed"] for e in first["per_seed"]} & \
+      {e["seed"] for e in second["per_seed"]}
+  return {**{k: paired[k] for k in ("mean", "sem", "wins", "n", "seeds", "differences")},
+          "ci95": list(paired["ci95"]),
+          "excluded_diverged": sorted((a_diverged | b_diverged) & trained_by_both)}
+
+
+def paired_entries(runs: Mapping[str, Mapping]) -> dict:
+  """``"first - second"`` -> ``paired_entry`` for every DHP+X − X and control pair on disk."""
+  entries = {}
+  for first, second in (*BASELINE_OF.items(), *_CONTROL_PAIRS):
+    if first in runs and second in runs:
+      entry = paired_entry(runs[first], runs[second])
+      if entry is not None:
+        entries[_pair_key(first, second)] = entry
+  return entries
 
 
 def table_entry(benchmark: str, preset: str, runs: Mapping[str, dict]) -> dict:
@@ -131,7 +132,7 @@ def table_entry(benchmark: str, preset: str, runs: Mapping[str, dict]) -> dict:
   return {"preset": preset, "epochs": any_run["config"]["epochs"],
           "num_tasks": any_run["num_tasks"], "data_notes": "; ".join(notes),
           "wall_time_s": sum(r.get("wall_time_s") or 0 for r in runs.values()),
-          "rows": rows}
+          "rows": rows, "paired": paired_entries(runs)}
 
 
 def _cell(stat: Mapping, scale: str, num_seeds: int = 2) -> str:
@@ -152,10 +153,58 @@ def _seeds_trained(rows: Mapping) -> str:
   return "/".join(map(str, counts)) + (" seed" if counts == [1] else " seeds")
 
 
+def _row_notes(r: Mapping) -> str:
+  """Why a row's numbers are not the full run: unfinished, diverged, or seeds left out."""
+  notes = "" if _complete(r) else \
+      f" (partial: {r['completed_tasks']}/{r['num_tasks']} tasks)"
+  if "diverged" in r:
+    d = r["diverged"]
+    notes = (f" (**diverged**: non-finite {', '.join(d['quantities'])} in task {d['task']}, "
+             f"epoch {d['epoch']}, seeds {d['seeds']}; numbers after task "
+             f"{r['completed_tasks']})")
+  if r.get("diverged_seeds"):
+    where = "; ".join(f"seed {d['seed']} in task {d['task']}, epoch {d['epoch']}"
+                      for d in r["diverged_seeds"])
+    before = "before that: " if "diverged" in r else "**diverged**: "
+    notes += f" ({before}{where}; mean over the other {r['num_seeds']} seeds)"
+  return notes
+
+
+def _verdict(row: str, entry: Mapping) -> str:
+  """"DHP+X ≥ X?" from the paired 95 % interval of DHP+X − X ("" for rows without X)."""
+  rows, base = entry["rows"], BASELINE_OF.get(row)
+  if base not in rows:
+    return ""
+  if not (_complete(rows[row]) and _complete(rows[base])):
+    return "n/a (unfinished row)"
+  pair = entry["paired"].get(_pair_key(row, base))
+  if pair is None:   # fewer than two shared finished seeds: no interval
+    return "1 seed" if min(rows[row]["num_seeds"], rows[base]["num_seeds"]) == 1 else \
+        "n/a (< 2 shared seeds)"
+  low, high = pair["ci95"]
+  return "yes" if low > 0 else "no" if high < 0 else "undecided"
+
+
+def _paired_markdown(paired: Mapping) -> list:
+  """The paired-differences table (ACC points), or a line saying there is none."""
+  if not paired:
+    return ["No paired interval: no pair of rows shares two finished seeds."]
+  lines = ["Paired differences, first − second row, ACC points over the seeds both finished:",
+           "", "| pair | n | mean ± SEM | 95 % CI | wins | diverged seeds excluded |",
+           "|---|---|---|---|---|---|"]
+  for key, p in paired.items():
+    low, high = p["ci95"]
+    excluded = ", ".join(map(str, p["excluded_diverged"])) or "—"
+    lines.append(f"| `{key}` | {p['n']} | {p['mean']:+.3f} ± {p['sem']:.3f} | "
+                 f"[{low:+.3f}, {high:+.3f}] | {p['wins']}/{p['n']} | {excluded} |")
+  return lines
+
+
 def markdown(benchmark: str, entry: Mapping) -> str:
-  """One benchmark's table: ours (mean ± SEM) beside the paper's, and DHP+X ≥ X?"""
+  """One benchmark's table: ours (mean ± SEM) beside the paper's, DHP+X ≥ X? from paired
+  seeds, then the paired differences."""
   rows = entry["rows"]
-  paper_epochs = training.make_config(_benchmark(benchmark)[0], "paper").epochs
+  paper_epochs = make_config(table_benchmark(benchmark)[0], "paper").epochs
   scale = ("" if entry["epochs"] == paper_epochs else
            f" — **reduced scale** (the paper: {paper_epochs} epochs/task)")
   lines = [f"### {benchmark} — preset `{entry['preset']}`, {entry['epochs']} epoch(s)/task, "
@@ -165,42 +214,16 @@ def markdown(benchmark: str, entry: Mapping) -> str:
     lines += [f"Data: {entry['data_notes']}", ""]
   lines += ["| row | ACC % (ours) | ACC % (paper) | Δ ACC | BWT (ours) | BWT (paper) | "
             "DHP+X ≥ X? |", "|---|---|---|---|---|---|---|"]
-  for row in ROWS:
-    if row not in rows:
-      continue
-    r = rows[row]
-    paper = r["paper"]
-    done = "" if _complete(r) else \
-        f" (partial: {r['completed_tasks']}/{r['num_tasks']} tasks)"
-    if "diverged" in r:
-      d = r["diverged"]
-      done = (f" (**diverged**: non-finite {', '.join(d['quantities'])} in task {d['task']}, "
-              f"epoch {d['epoch']}, seeds {d['seeds']}; numbers after task "
-              f"{r['completed_tasks']})")
-    if r.get("diverged_seeds"):
-      where = "; ".join(f"seed {d['seed']} in task {d['task']}, epoch {d['epoch']}"
-                        for d in r["diverged_seeds"])
-      before = "before that: " if "diverged" in r else "**diverged**: "
-      done += f" ({before}{where}; mean over the other {r['num_seeds']} seeds)"
+  for row in (row for row in ROWS if row in rows):
+    r, paper, n = rows[row], rows[row]["paper"], rows[row]["num_seeds"]
     p_acc = f"{paper['avg_accuracy']:.2f}" if paper else "—"
     p_bwt = f"{paper['bwt']:+.2f}" if paper else "—"
     delta = f"{r['avg_accuracy']['mean'] - paper['avg_accuracy']:+.2f}" \
         if paper and _complete(r) else "—"
-    verdict = ""
-    base = _BASELINE_OF.get(row)
-    if base in rows and not (_complete(r) and _complete(rows[base])):
-      verdict = "n/a (unfinished row)"
-    elif base in rows:
-      ours, theirs = r["avg_accuracy"], rows[base]["avg_accuracy"]
-      verdict = "yes" if ours["mean"] >= theirs["mean"] else "no"
-      # A difference inside the combined SEM is not evidence either way.
-      if min(r["num_seeds"], rows[base]["num_seeds"]) < 2:
-        verdict += " (1 seed: no SEM)"
-      elif abs(ours["mean"] - theirs["mean"]) <= (ours["sem"] ** 2 + theirs["sem"] ** 2) ** 0.5:
-        verdict += " (within SEM)"
-    n = r["num_seeds"]
-    lines.append(f"| {ROW_LABELS[row]}{done} | {_cell(r['avg_accuracy'], 'pct', n)} | "
-                 f"{p_acc} | {delta} | {_cell(r['bwt'], 'bwt', n)} | {p_bwt} | {verdict} |")
+    lines.append(f"| {ROWS[row].label}{_row_notes(r)} | {_cell(r['avg_accuracy'], 'pct', n)} | "
+                 f"{p_acc} | {delta} | {_cell(r['bwt'], 'bwt', n)} | {p_bwt} | "
+                 f"{_verdict(row, entry)} |")
+  lines += ["", _SEEDS_ARE_PAIRED, "", *_paired_markdown(entry["paired"])]
   wall = entry.get("wall_time_s")
   if wall:
     lines += ["", f"Wall time (sum over rows, this machine): {wall / 60:.1f} min"]
@@ -208,13 +231,9 @@ def markdown(benchmark: str, entry: Mapping) -> str:
 
 
 def load_runs(bench_dir: str, rows) -> dict:
-  runs = {}
-  for row in rows:
-    path = os.path.join(bench_dir, row, "results.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        runs[row] = json.load(f)
-  return runs
+  """{row: its latest committed results} for the rows recorded under ``bench_dir``."""
+  runs = {row: store.read_results(os.path.join(bench_dir, row)) for row in rows}
+  return {row: results for row, results in runs.items() if results is not None}
 
 
 def write_tables(bench_dir: str, benchmark: str, preset: str, rows) -> Optional[dict]:
@@ -223,13 +242,15 @@ def write_tables(bench_dir: str, benchmark: str, preset: str, rows) -> Optional[
   if not runs:
     return None
   entry = table_entry(benchmark, preset, runs)
-  training.write_json_atomic(os.path.join(bench_dir, "table1.json"), {benchmark: entry})
-  training.write_text_atomic(os.path.join(bench_dir, "table1.md"), markdown(benchmark, entry))
-  plotting.plot_accuracy({ROW_LABELS[r]: runs[r] for r in ROWS if r in runs},
+  store.write_json_atomic(os.path.join(bench_dir, "table1.json"), {benchmark: entry})
+  store.write_text_atomic(os.path.join(bench_dir, "table1.md"), markdown(benchmark, entry))
+  plotting.plot_accuracy({ROWS[r].label: runs[r] for r in ROWS if r in runs},
                          os.path.join(bench_dir, "accuracy.png"), f"{benchmark} ({preset})")
-  if "dhp" in runs:
-    plotting.plot_plasticity(runs["dhp"], os.path.join(bench_dir, "plasticity.png"),
-                             f"{benchmark} ({preset}), DHP Softmax")
+  for name, figure_rows in _PLASTICITY_FIGURES.items():
+    if all(row in runs for row in figure_rows):
+      plotting.plot_plasticity_per_seed(
+          {ROWS[row].label: runs[row] for row in figure_rows}, os.path.join(bench_dir, name),
+          f"{benchmark} ({preset}), one line per seed")
   return entry
 
 
@@ -238,7 +259,7 @@ def side_by_side(out_root: str) -> Optional[str]:
   column per recorded benchmark and preset, cells "ours (paper)"; None when none exist."""
   columns = []
   for benchmark in TABLES:
-    for preset in training.PRESETS:
+    for preset in PRESET_NAMES:
       path = os.path.join(out_root, f"{benchmark}_{preset}", "table1.json")
       if os.path.exists(path):
         with open(path) as f:
@@ -260,7 +281,7 @@ def side_by_side(out_root: str) -> Optional[str]:
     return ours + (f" ({r['paper']['avg_accuracy']:.2f})" if r["paper"] else "")
 
   def scale(benchmark, entry):
-    paper_epochs = training.make_config(_benchmark(benchmark)[0], "paper").epochs
+    paper_epochs = make_config(table_benchmark(benchmark)[0], "paper").epochs
     epochs = str(entry["epochs"]) if entry["epochs"] == paper_epochs else \
         f"**{entry['epochs']}** (paper: {paper_epochs})"
     return f"{epochs} epochs/task, {entry['num_tasks']} tasks, {_seeds_trained(entry['rows'])}"
@@ -270,7 +291,7 @@ def side_by_side(out_root: str) -> Optional[str]:
            "| scale | " + " | ".join(scale(b, e) for b, _, e in columns) + " |"]
   shown = [row for row in ROWS
            if row in DEFAULT_ROWS or any(row in e["rows"] for *_, e in columns)]
-  lines += [f"| {ROW_LABELS[row]} | " + " | ".join(cell(e, row) for _, _, e in columns) + " |"
+  lines += [f"| {ROWS[row].label} | " + " | ".join(cell(e, row) for _, _, e in columns) + " |"
             for row in shown]
   return ("Average test accuracy % after the last task, mean ± SEM over seeds; the "
           "paper's value in parentheses.\n\n" + "\n".join(lines) + "\n")
@@ -279,7 +300,7 @@ def side_by_side(out_root: str) -> Optional[str]:
 def write_side_by_side(out_root: str) -> None:
   text = side_by_side(out_root)
   if text is not None:
-    training.write_text_atomic(os.path.join(out_root, "table1.md"), text)
+    store.write_text_atomic(os.path.join(out_root, "table1.md"), text)
 
 
 def check_names(benchmarks, rows) -> None:
@@ -291,8 +312,21 @@ def check_names(benchmarks, rows) -> None:
       raise ValueError(f"--{flag}: unknown {unknown}; expected some of {list(known)}")
 
 
+def _train_row(config, row_dir: str, name: str, train, *, logdir, **train_kwargs) -> dict:
+  """Trains a row's missing seeds: all of them, or those beyond a finished run's."""
+  extend = store.seeds_to_extend(row_dir, config)
+  new = dataclasses.replace(config, seed=config.seed + extend,
+                            num_seeds=config.num_seeds - extend)
+  with cli.metric_writers(logdir, name, new) as writers:
+    if extend:
+      return engine.extend_seeds(config, row_dir, train=train, observers=writers,
+                                 **train_kwargs)
+    return train(config, row_dir, resume=True, observers=writers, **train_kwargs)
+
+
 def run_table(benchmarks, rows, preset, num_seeds, out_root, *, seed=0, data_dir=None,
-              progress=True, train=training.train_and_evaluate, **overrides) -> dict:
+              progress=True, logdir=None, train=engine.train_and_evaluate,
+              **overrides) -> dict:
   """Runs the missing rows of every benchmark and writes its tables; returns them."""
   check_names(benchmarks, rows)
   tables = {}
@@ -301,19 +335,15 @@ def run_table(benchmarks, rows, preset, num_seeds, out_root, *, seed=0, data_dir
     for row in rows:
       config = row_config(benchmark, preset, row, num_seeds=num_seeds, seed=seed, **overrides)
       row_dir = os.path.join(bench_dir, row)
-      results_path = os.path.join(row_dir, "results.json")
-      if training.is_complete(results_path, config):
+      if store.is_complete(row_dir, config):
         continue
       try:
-        if training.seeds_to_extend(results_path, config):   # more seeds: train only those
-          results = training.extend_seeds(config, row_dir, train=train, data_dir=data_dir,
-                                          progress=progress)
-        else:
-          results = train(config, row_dir, data_dir=data_dir, resume=True, progress=progress)
-      except training.NonFiniteError as e:   # recorded in the row's results.json; go on
-        print(f"{training.row_label(config)}: {e}", flush=True)
+        results = _train_row(config, row_dir, f"{benchmark}_{preset}/{row}", train,
+                             data_dir=data_dir, progress=progress, logdir=logdir)
+      except engine.NonFiniteError as e:   # recorded in the row's results.json; go on
+        print(f"{row_label(config)}: {e}", flush=True)
         continue
-      print(training.summary_line(config, results), flush=True)
+      print(results_lib.summary_line(config, results), flush=True)
       write_tables(bench_dir, benchmark, preset, rows)
     entry = write_tables(bench_dir, benchmark, preset, rows)
     if entry is not None:
@@ -323,40 +353,29 @@ def run_table(benchmarks, rows, preset, num_seeds, out_root, *, seed=0, data_dir
   return tables
 
 
-def define_flags() -> None:
-  """Defined only when run as a binary, so modules can be imported side by side."""
+def define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_list("benchmarks", ["split_mnist"], f"Benchmarks to run: some of {list(TABLES)} "
-                    "(split_mnist_class: Split MNIST, class-incremental, one shared head).")
+                    "(split_mnist_class: Split MNIST, class-incremental, one shared head).",
+                    flag_values=fv)
   flags.DEFINE_list("rows", list(DEFAULT_ROWS), "Rows to run (default: Table I's eight "
-                    f"and two controls; also available: {list(ROWS)[10:]}).")
-  flags.DEFINE_enum("preset", "quick", list(training.PRESETS), "Preset.")
-  flags.DEFINE_integer("num_seeds", 3, "Seeds per row (vmapped).", lower_bound=1)
-  flags.DEFINE_integer("seed", 0, "First seed.")
-  flags.DEFINE_integer("epochs", None, "Override epochs per task.", lower_bound=1)
-  flags.DEFINE_integer("num_tasks", None, "Override number of tasks.",
-                       lower_bound=1)
-  flags.DEFINE_integer("train_subset", 0, "First n training samples per task "
-                       "(0 = all).", lower_bound=0)
-  flags.DEFINE_integer("importance_samples", None,
-                       "Samples for Fisher/MAS (0 = all).", lower_bound=0)
-  flags.DEFINE_string("out_root", "results", "Root folder of the result tables.")
-  flags.DEFINE_string("data_dir", None, "Data search path.")
-  flags.DEFINE_bool("progress", True, "Progress bars.")
+                    f"and two controls; also available: {list(ROWS)[10:]}).", flag_values=fv)
+  flags.DEFINE_enum("preset", "quick", list(PRESET_NAMES), "Preset.", flag_values=fv)
+  cli.define_config_flags(fv, cli.RUN_SIZE_FIELDS, defaults=dict(num_seeds=3, seed=0))
+  flags.DEFINE_string("out_root", "results", "Root folder of the result tables.",
+                      flag_values=fv)
 
 
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
-  overrides = dict(epochs=FLAGS.epochs, num_tasks=FLAGS.num_tasks,
-                   train_subset=FLAGS.train_subset, importance_samples=FLAGS.importance_samples)
-  try:
-    check_names(FLAGS.benchmarks, FLAGS.rows)
-  except ValueError as e:  # a usage error, before any training
-    raise app.UsageError(str(e)) from e
-  run_table(FLAGS.benchmarks, FLAGS.rows, FLAGS.preset, FLAGS.num_seeds, FLAGS.out_root,
-            seed=FLAGS.seed, data_dir=FLAGS.data_dir, progress=FLAGS.progress, **overrides)
+def run(fv: flags.FlagValues) -> dict:
+  check_names(fv.benchmarks, fv.rows)
+  overrides = cli.config_overrides(fv, cli.RUN_SIZE_FIELDS)
+  return run_table(fv.benchmarks, fv.rows, fv.preset, overrides.pop("num_seeds"),
+                   fv.out_root, seed=overrides.pop("seed"), data_dir=fv.data_dir,
+                   progress=fv.progress, logdir=fv.logdir, **overrides)
+
+
+def main(argv=None) -> dict:
+  return cli.main(run, define_flags, argv)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.entry_point(run, define_flags)

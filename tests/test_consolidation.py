@@ -10,6 +10,7 @@ import pytest
 
 from dhp_jax import consolidation as cons
 from dhp_jax import models
+from dhp_jax.consolidation import _per_sample
 from dhp_jax.hebbian import DHPParams
 from dhp_jax.models import MLP, restrict_logits
 
@@ -192,6 +193,27 @@ def test_fisher_exact_and_empirical_match_closed_form(kind, batch_size):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("kind", ["function", "flax"])
+def test_batch_fisher_squares_mini_batch_mean_gradients(kind):
+  x, labels, w, b = _softmax_regression_data()
+  apply_fn, params = _softmax_regression(kind, w, b)
+  batch = 3   # N = 10: batches of 3, 3, 3 and a last one of 1
+  got = cons.fisher_diagonal(apply_fn, params, x, labels, mode="batch", batch_size=batch)
+  fw, fb, batches = np.zeros_like(w, np.float64), np.zeros_like(b, np.float64), 0
+  for start in range(0, len(x), batch):   # no key: the samples in their order
+    gw, gb = np.zeros_like(fw), np.zeros_like(fb)
+    rows = range(start, min(start + batch, len(x)))
+    for n in rows:
+      z = x[n].astype(np.float64) @ w + b
+      residual = np.eye(C)[labels[n]] - np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+      gw, gb = gw + np.outer(x[n], residual) / len(rows), gb + residual / len(rows)
+    fw, fb, batches = fw + gw ** 2, fb + gb ** 2, batches + 1
+  for g, ref in zip(_as_wb(got, kind), (fw / batches, fb / batches)):
+    np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-8)
+  with pytest.raises(ValueError, match="labels are required"):
+    cons.fisher_diagonal(apply_fn, params, x, mode="batch")
+
+
 def test_fisher_sample_converges_to_exact():
   x, _, w, b = _softmax_regression_data()
   apply_fn, params = _softmax_regression("flax", w, b)
@@ -288,8 +310,8 @@ def test_conv_shortcut_equals_per_sample_gradients(estimator, conv):
   fast_conv = (nn.Conv if conv == "lax" else   # the models' CNN convolution
                functools.partial(nn.Conv, conv_general_dilated=models.patch_conv))
   leaves, treedef = jax.tree.flatten(params)
-  one_sample = cons._single_output(lambda p, xb: _TinyCNN(fast_conv).apply({"params": p}, xb))
-  plan = cons._plan_shortcuts(one_sample, leaves, treedef, x[0], False)
+  one_sample = _per_sample.single_output(lambda p, xb: _TinyCNN(fast_conv).apply({"params": p}, xb))
+  plan = _per_sample._plan_shortcuts(one_sample, leaves, treedef, x[0], False)
   assert len(plan) == 4 and all(plan)   # three convs and the dense take the shortcut
   shortcut, plain = run(_TinyCNN(fast_conv)), run(_TinyCNN(_GenericConv, _GenericDense))
   jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-7),
@@ -507,8 +529,6 @@ def test_bad_input_raises_value_error_naming_the_argument():
     cons.online_ewc_accumulate([jnp.zeros((2, 3))], params, params)
   with pytest.raises(ValueError, match="omega"):
     cons.si_importance({"w": jnp.zeros(1)}, params, params, 0.1)
-  with pytest.raises(ValueError, match="importance"):
-    cons.quadratic_penalty(1.0).update(params, state._replace(importance={}), params)
   with pytest.raises(ValueError, match="mode"):
     cons.fisher_diagonal(apply_fn, params, x, mode="true_fisher")
   with pytest.raises(ValueError, match="gamma"):
@@ -523,12 +543,3 @@ def test_bad_input_raises_value_error_naming_the_argument():
     cons.mas_importance(apply_fn, params, jnp.ones((4, 2), jnp.uint8))
   with pytest.raises(ValueError, match="opt_state"):
     cons.set_penalty(optax.sgd(0.1).init(params), importance=params)
-
-
-def test_presets_are_the_papers():
-  assert cons.PRESETS["split_mnist"]["si"] == {"strength": 1.0, "xi": 0.001}
-  assert cons.PRESETS["permuted_mnist"]["online_ewc"] == {"strength": 100.0}
-  assert cons.PRESETS["imbalanced_permuted_mnist"]["mas"] == {"strength": 0.1}
-  assert cons.PRESETS["vision_mixture"]["mas"] == {"strength": 1.0}
-  for benchmark in cons.PRESETS.values():
-    assert benchmark["ewc"] == benchmark["online_ewc"]

@@ -48,10 +48,105 @@ def test_table_from_fake_results_tree(tmp_path):
   assert "| DHP Softmax | 96.00 ± 1.00 | 98.23 | -2.23 | -0.100 ± 0.000 | -0.02 | yes |" in md
   assert "| DHP Softmax + SI | 97.00 ± 0.00 | 99.15 | -2.15 |" in md and "| no |" in md
   assert "| DHP Softmax + MAS | 98.40 ± 0.00 | 98.43 | -0.03 |" in md
-  assert "| no (within SEM) |" in md  # 98.4 vs 98.5 ± 0.5
+  assert "| undecided |" in md  # DHP+MAS − MAS per seed: +0.4, −0.6
   assert "Data: a data note" in md
   assert "**reduced scale** (the paper: 10 epochs/task)" in md   # quick: 2 epochs/task
   assert os.path.getsize(os.path.join(bench_dir, "accuracy.png")) > 1000
+
+
+def _diverge_seed(bench_dir, row, seed):
+  """Marks ``seed`` of a fake row as diverged in task 2 (its numbers stop after task 1)."""
+  path = os.path.join(bench_dir, row, "results.json")
+  with open(path) as f:
+    results = json.load(f)
+  entry = next(e for e in results["per_seed"] if e["seed"] == seed)
+  entry.update(avg_accuracy=0.5, diverged={"task": 2, "epoch": 1, "quantities": ["loss"]})
+  results["mean"], results["sem"] = training.summarize(results["per_seed"])
+  with open(path, "w") as f:
+    json.dump(results, f)
+
+
+def _verdict(md, label):
+  """The "DHP+X ≥ X?" cell of the row labelled ``label`` (notes after the label allowed)."""
+  line = next(line for line in md.splitlines()
+              if line.startswith((f"| {label} |", f"| {label} (")))
+  return line.split("|")[-2].strip()
+
+
+T_975_2DOF = 4.302652729749462   # Student t table: 97.5 % quantile, 2 degrees of freedom
+PAIRED_ROWS = {"finetune": [0.90, 0.92, 0.94], "dhp": [0.91, 0.94, 0.93],
+               "si": [0.90, 0.91, 0.92], "dhp+si": [0.92, 0.925, 0.94],
+               "mas": [0.95, 0.96, 0.97], "dhp+mas": [0.94, 0.95, 0.99],
+               "dhp_frozen_alpha": [0.91, 0.94, 0.93],
+               "dhp+mas_eta_projected": [0.96, 0.97, 0.98]}
+
+
+def test_paired_differences_in_json_exclude_diverged_seeds(tmp_path):
+  bench_dir = _write_tree(str(tmp_path), PAIRED_ROWS)
+  _diverge_seed(bench_dir, "dhp+mas", 2)
+  table1.write_tables(bench_dir, "split_mnist", "quick", list(PAIRED_ROWS))
+  with open(os.path.join(bench_dir, "table1.json")) as f:
+    paired = json.load(f)["split_mnist"]["paired"]
+  assert set(paired) == {"dhp - finetune", "dhp+si - si", "dhp+mas - mas",
+                         "dhp+mas_eta_projected - mas", "dhp - dhp_frozen_alpha",
+                         "dhp+mas_eta_projected - dhp+mas"}
+  # DHP − Finetune per seed: +1, +2, −1 points; sample variance 7/3, so SEM √(7/9).
+  sem = (7 / 9) ** 0.5
+  dhp = paired["dhp - finetune"]
+  assert {k: dhp[k] for k in ("wins", "n", "seeds", "excluded_diverged")} == \
+      {"wins": 2, "n": 3, "seeds": [0, 1, 2], "excluded_diverged": []}
+  assert dhp["differences"] == pytest.approx([1.0, 2.0, -1.0])
+  assert (dhp["mean"], dhp["sem"]) == pytest.approx((2 / 3, sem))
+  assert dhp["ci95"] == pytest.approx([2 / 3 - T_975_2DOF * sem, 2 / 3 + T_975_2DOF * sem])
+  mas = paired["dhp+mas - mas"]   # seed 2 of DHP+MAS diverged: −1, −1 on seeds 0 and 1
+  assert (mas["n"], mas["seeds"], mas["wins"], mas["excluded_diverged"]) == (2, [0, 1], 0, [2])
+  assert mas["mean"] == pytest.approx(-1.0) and mas["ci95"] == pytest.approx([-1.0, -1.0])
+  assert paired["dhp+mas_eta_projected - dhp+mas"]["excluded_diverged"] == [2]
+  assert paired["dhp - dhp_frozen_alpha"]["wins"] == 0
+
+
+def test_dhp_x_verdict_reads_the_paired_interval(tmp_path):
+  bench_dir = _write_tree(str(tmp_path), PAIRED_ROWS)
+  _diverge_seed(bench_dir, "dhp+mas", 2)
+  table1.write_tables(bench_dir, "split_mnist", "quick", list(PAIRED_ROWS))
+  with open(os.path.join(bench_dir, "table1.md")) as f:
+    md = f.read()
+  assert _verdict(md, "DHP Softmax") == "undecided"      # +1, +2, −1
+  assert _verdict(md, "DHP Softmax + SI") == "yes"       # +2, +1.5, +2
+  assert _verdict(md, "DHP Softmax + MAS") == "no"       # −1, −1 (seed 2 diverged)
+  assert _verdict(md, "MAS") == "" and _verdict(md, "DHP Softmax, α frozen at 0 (control)") == ""
+  assert _verdict(md, "DHP Softmax + MAS, η projected into [0, 1] (control)") == "yes"
+  assert "| `dhp+mas - mas` | 2 | -1.000 ± 0.000 | [-1.000, -1.000] | 0/2 | 2 |" in md
+  assert "| `dhp - finetune` | 3 | +0.667 ± 0.882 | [-3.128, +4.461] | 2/3 | — |" in md
+  assert "Seeds are paired: seed s gives every row the same hidden-layer init" in md
+
+
+def _give_trace(bench_dir, row, diverged_seed=None):
+  """A DHP row's per-epoch trace (2 tasks × 2 epochs), None after ``diverged_seed`` diverged."""
+  path = os.path.join(bench_dir, row, "results.json")
+  with open(path) as f:
+    results = json.load(f)
+  num_seeds = len(results["per_seed"])
+  per_epoch = [[None if s == diverged_seed and epoch >= 2 else 0.01 * (epoch + s + 1)
+                for s in range(num_seeds)] for epoch in range(4)]
+  results["trace"] = {"task": [0, 0, 1, 1], "eta": per_epoch, "hebb_norm": per_epoch,
+                      "alpha_norm": per_epoch, "epoch_loss": per_epoch}
+  with open(path, "w") as f:
+    json.dump(results, f)
+
+
+def test_plasticity_figures_one_line_per_seed(tmp_path):
+  rows = {"dhp": [0.9, 0.91], "dhp+mas": [0.9, 0.91, 0.92], "dhp+mas_eta_projected": [0.9]}
+  bench_dir = _write_tree(str(tmp_path), rows)
+  for row in rows:
+    _give_trace(bench_dir, row, diverged_seed=2 if row == "dhp+mas" else None)
+  table1.write_tables(bench_dir, "split_mnist", "quick", ["dhp", "dhp+mas"])
+  assert os.path.getsize(os.path.join(bench_dir, "plasticity.png")) > 1000
+  assert not os.path.exists(os.path.join(bench_dir, "plasticity_dhp+mas.png"))  # no control
+  table1.write_tables(bench_dir, "split_mnist", "quick", list(rows))
+  assert os.path.getsize(os.path.join(bench_dir, "plasticity_dhp+mas.png")) > 1000
+  finetune = _fake_results(table1.row_config("split_mnist", "quick", "finetune"), [0.9])
+  assert not plotting.plot_plasticity_per_seed({"Finetune": finetune}, str(tmp_path / "x.png"))
 
 
 def test_complete_rows_are_skipped(tmp_path):
@@ -193,7 +288,8 @@ def test_side_by_side_table_over_recorded_benchmarks(tmp_path):
   assert "| Finetune | 90.00 (90.43) |" in md and "| SI | not run |" in md
   assert "η projected" not in md   # opt-in rows appear only where they were run
   with open(tmp_path / "split_mnist_quick" / "table1.md") as f:
-    assert "| yes (1 seed: no SEM) |" in f.read()
+    md = f.read()
+  assert "| 1 seed |" in md and "No paired interval" in md
 
 
 def test_fig2_legend_shows_the_surviving_seeds_mean_or_where_the_row_diverged():

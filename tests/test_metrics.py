@@ -29,6 +29,27 @@ def test_mean_and_sem():
   assert metrics.mean_and_sem([0.5]) == (0.5, 0.0)
 
 
+def test_paired_difference_over_shared_seeds():
+  first = {0: 3.0, 1: 5.0, 2: 4.0, 7: 1.0}   # seed 7 and seed 9 have no partner
+  second = {0: 1.0, 1: 2.0, 2: 4.5, 9: 0.0}
+  paired = metrics.paired_difference(first, second)
+  # Differences 2, 3, -0.5: mean 1.5, sample variance (0.25 + 2.25 + 4) / 2 = 3.25.
+  sem = (3.25 / 3) ** 0.5
+  t_975_2dof = 4.302652729749462   # Student t table, 2 degrees of freedom
+  assert paired["seeds"] == [0, 1, 2] and paired["n"] == 3
+  np.testing.assert_allclose(paired["differences"], [2.0, 3.0, -0.5])
+  assert paired["mean"] == pytest.approx(1.5)
+  assert paired["sem"] == pytest.approx(sem)
+  assert paired["ci95"] == pytest.approx((1.5 - t_975_2dof * sem, 1.5 + t_975_2dof * sem))
+  assert paired["wins"] == 2
+
+
+def test_paired_difference_ties_are_not_wins_and_equal_differences_have_no_width():
+  paired = metrics.paired_difference({0: 2.0, 1: 3.0, 2: 1.0}, {0: 1.0, 1: 2.0, 2: 0.0})
+  assert paired["wins"] == 3 and paired["ci95"] == pytest.approx((1.0, 1.0))
+  assert metrics.paired_difference({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})["wins"] == 0
+
+
 def test_bad_input():
   with pytest.raises(ValueError, match="accuracy_matrix"):
     metrics.backward_transfer(np.ones((2, 3)))
@@ -36,3 +57,5 @@ def test_bad_input():
     metrics.forward_transfer(R, [0.1])
   with pytest.raises(ValueError, match="values"):
     metrics.mean_and_sem([])
+  with pytest.raises(ValueError, match="share at least 2 seeds, got 1"):
+    metrics.paired_difference({0: 1.0, 1: 2.0}, {1: 1.5, 2: 0.0})

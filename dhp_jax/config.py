@@ -1,0 +1,279 @@
+"""What determines a run's numbers: ``Config``, the one preset table, and Table I's rows.
+
+``make_config(benchmark, preset, method, **overrides)`` starts from ``BENCHMARK_PRESETS``
+(SPEC §3: the paper's settings and λ/ξ per method), applies the preset and overrides,
+and validates. ``ROWS`` names the configurations a table compares (the paper's rows,
+controls and variants) with their labels; ``row_label`` gives any config its row's label.
+Every vocabulary is imported from the module that owns it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, NamedTuple
+
+from dhp_jax import benchmarks, consolidation, hebbian, models
+
+PRESET_NAMES = ("paper", "quick")        # 'quick' = the paper's settings, fewer epochs
+ETA_CONSTRAINTS = ("none", "project")    # 'project': stored η clipped into [0, 1] per step
+
+# SPEC §3 (paper Appendix A), keyed by Config field names. Per benchmark: the paper's
+# settings, what 'quick' changes (only the epochs, to fit a 2-core CPU), and each
+# consolidation method's λ (``strength``) and SI ξ (``si_xi``). 'ewc' has no column in
+# the paper: it uses the Online EWC λ.
+BENCHMARK_PRESETS = {
+    "permuted_mnist": {
+        "paper": dict(num_tasks=10, epochs=20, batch_size=64, lr=0.01, eta_init=1e-3,
+                      hidden=(400, 400)),
+        "quick": dict(epochs=1),
+        "methods": {"online_ewc": dict(strength=100.0), "ewc": dict(strength=100.0),
+                    "si": dict(strength=0.1, si_xi=0.1), "mas": dict(strength=0.1)}},
+    "imbalanced_permuted_mnist": {
+        "paper": dict(num_tasks=10, epochs=20, batch_size=64, lr=0.01, eta_init=1e-3,
+                      hidden=(400, 400)),
+        "quick": dict(epochs=1),
+        "methods": {"online_ewc": dict(strength=400.0), "ewc": dict(strength=400.0),
+                    "si": dict(strength=1.0, si_xi=0.1), "mas": dict(strength=0.1)}},
+    "split_mnist": {
+        "paper": dict(num_tasks=5, epochs=10, batch_size=64, lr=0.01, eta_init=1e-3,
+                      hidden=(256, 256)),
+        "quick": dict(epochs=2),
+        "methods": {"online_ewc": dict(strength=400.0), "ewc": dict(strength=400.0),
+                    "si": dict(strength=1.0, si_xi=0.001), "mas": dict(strength=1.5)}},
+    # The paper does not say how many samples its importance estimates used; on a CPU
+    # the CNN's per-sample gradients cost ~10-65 ms each, so we use 1,000 per task.
+    "vision_mixture": {
+        "paper": dict(num_tasks=5, epochs=50, batch_size=32, lr=0.01, eta_init=1e-4,
+                      hidden=(), importance_samples=1000),
+        "quick": dict(epochs=2),
+        "methods": {"online_ewc": dict(strength=100.0), "ewc": dict(strength=100.0),
+                    "si": dict(strength=0.1, si_xi=0.1), "mas": dict(strength=1.0)}},
+}
+assert tuple(BENCHMARK_PRESETS) == benchmarks.BENCHMARKS
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything that determines a run's numbers (out_dir/data_dir/resume excluded)."""
+  benchmark: str = "permuted_mnist"
+  method: str = "finetune"
+  head: str = "dhp"                 # 'matched' = the paper's capacity-matched baseline
+  freeze_alpha: bool = False        # DHP head with α held at 0 (ablation, SPEC §1)
+  theta_init: str = "author"
+  preset: str = "quick"
+  num_tasks: int = 10
+  epochs: int = 1
+  batch_size: int = 64
+  lr: float = 0.01
+  eta_init: float = 1e-3
+  strength: float = 0.0             # λ of the quadratic penalty
+  si_xi: float = 0.1
+  ewc_gamma: float = 1.0
+  fisher_mode: str = "exact"
+  mas_variant: str = "global"       # 'local' = layer-wise (Hebbian) MAS
+  importance_samples: int = 0       # 0 = the task's whole training set
+  eta_constraint: str = "none"
+  num_seeds: int = 1
+  seed: int = 0
+  hidden: tuple = (400, 400)
+  scenario: str = "task"            # split MNIST: 'task' | 'class'
+  vision_datasets: tuple = benchmarks.VISION_DATASETS
+  train_subset: int = 0             # >0: first n training samples per task (smoke tests)
+
+  def validate(self) -> "Config":
+    """Returns self, or raises ValueError naming the first field out of range."""
+    for name, ok, expected in _checks(self):
+      if not ok:
+        raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+    return self
+
+  def to_json(self) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(self).items()}
+
+
+# Fields whose value is one of a vocabulary, with the vocabulary's owner.
+CHOICES = {
+    "benchmark": benchmarks.BENCHMARKS, "method": tuple(consolidation.METHODS),
+    "head": models.HEADS, "theta_init": hebbian.THETA_INITS, "preset": PRESET_NAMES,
+    "eta_constraint": ETA_CONSTRAINTS, "fisher_mode": consolidation.FISHER_MODES,
+    "mas_variant": consolidation.MAS_VARIANTS, "scenario": benchmarks.SCENARIOS,
+}
+
+
+def _checks(c: Config) -> list:
+  """(field, ok, what is expected) for every field of ``c``."""
+  checks = [(name, getattr(c, name) in known, f"one of {known}")
+            for name, known in CHOICES.items()]
+  return checks + [
+      ("num_tasks", c.num_tasks >= 1, "an integer >= 1"),
+      ("epochs", c.epochs >= 1, "an integer >= 1"),
+      ("batch_size", c.batch_size >= 1, "an integer >= 1"),
+      ("num_seeds", c.num_seeds >= 1, "an integer >= 1"),
+      ("lr", c.lr > 0, "> 0"),
+      ("strength", c.strength >= 0, ">= 0"),
+      ("si_xi", c.si_xi > 0, "> 0"),
+      ("ewc_gamma", 0 <= c.ewc_gamma <= 1, "in [0, 1]"),
+      ("importance_samples", c.importance_samples >= 0, ">= 0"),
+      ("train_subset", c.train_subset >= 0, ">= 0"),
+      ("vision_datasets", set(c.vision_datasets) <= set(benchmarks.VISION_DATASETS),
+       f"some of {benchmarks.VISION_DATASETS}"),
+      ("freeze_alpha", not (c.freeze_alpha and c.head != "dhp"),
+       "used only with the DHP head"),
+  ]
+
+
+def preset_values(benchmark: str, preset: str, method: str) -> dict:
+  """The ``Config`` fields a preset sets for one benchmark and method."""
+  for name, value, known in (("benchmark", benchmark, benchmarks.BENCHMARKS),
+                             ("preset", preset, PRESET_NAMES),
+                             ("method", method, tuple(consolidation.METHODS))):
+    if value not in known:
+      raise ValueError(f"{name} must be one of {known}, got {value!r}")
+  table = BENCHMARK_PRESETS[benchmark]
+  values = dict(table["paper"])
+  if preset != "paper":
+    values.update(table[preset])
+  values.update(table["methods"].get(method, {}))
+  return values
+
+
+def make_config(benchmark: str, preset: str = "quick", method: str = "finetune",
+                **overrides) -> Config:
+  """A validated ``Config``: the preset (``preset_values``), then ``overrides``.
+
+  Overrides whose value is None are ignored, so absl flags can pass their defaults.
+  """
+  values = preset_values(benchmark, preset, method)
+  values.update({k: v for k, v in overrides.items() if v is not None})
+  known = {f.name for f in dataclasses.fields(Config)}
+  unknown = set(values) - known
+  if unknown:
+    raise ValueError(f"unknown config keys {sorted(unknown)}; expected some of {sorted(known)}")
+  values["hidden"] = tuple(values["hidden"])
+  values["vision_datasets"] = tuple(values.get("vision_datasets", Config.vision_datasets))
+  return Config(benchmark=benchmark, preset=preset, method=method, **values).validate()
+
+
+# ------------------------------------------------------------------------ Table I rows
+
+class Row(NamedTuple):
+  """One configuration a table compares: its label and its ``make_config`` overrides."""
+  label: str
+  overrides: Mapping
+
+
+ROWS = {
+    # The paper's eight rows.
+    "finetune": Row("Finetune", dict(method="finetune", head="matched")),
+    "dhp": Row("DHP Softmax", dict(method="finetune", head="dhp")),
+    "si": Row("SI", dict(method="si", head="matched")),
+    "dhp+si": Row("DHP Softmax + SI", dict(method="si", head="dhp")),
+    "online_ewc": Row("Online EWC", dict(method="online_ewc", head="matched")),
+    "dhp+online_ewc": Row("DHP Softmax + Online EWC", dict(method="online_ewc", head="dhp")),
+    "mas": Row("MAS", dict(method="mas", head="matched")),
+    "dhp+mas": Row("DHP Softmax + MAS", dict(method="mas", head="dhp")),
+    # Two controls that separate plasticity from the θ init.
+    "dhp_frozen_alpha": Row("DHP Softmax, α frozen at 0 (control)",
+                            dict(method="finetune", head="dhp", freeze_alpha=True)),
+    "finetune_dense": Row("Finetune, dense θ init (control)",
+                          dict(method="finetune", head="matched", theta_init="dense")),
+    # Opt-in from here on. SGD may drive the learned η past 1, where the trace update
+    # over-relaxes; this keeps the stored η in [0, 1] (SPEC §1 option).
+    "dhp_eta_projected": Row("DHP Softmax, η projected into [0, 1] (control)",
+                             dict(method="finetune", head="dhp", eta_constraint="project")),
+    # Online EWC variants beside the faithful rows (SPEC §2: exact Fisher, γ = 1), to see
+    # whether its divergence at the paper's λ depends on those choices.
+    "online_ewc_gamma0.9": Row("Online EWC, γ = 0.9 (variant)",
+                               dict(method="online_ewc", head="matched", ewc_gamma=0.9)),
+    "dhp+online_ewc_gamma0.9": Row("DHP Softmax + Online EWC, γ = 0.9 (variant)",
+                                   dict(method="online_ewc", head="dhp", ewc_gamma=0.9)),
+    "online_ewc_empirical": Row("Online EWC, empirical Fisher (variant)",
+                                dict(method="online_ewc", head="matched",
+                                     fisher_mode="empirical")),
+    "dhp+online_ewc_empirical": Row("DHP Softmax + Online EWC, empirical Fisher (variant)",
+                                    dict(method="online_ewc", head="dhp",
+                                         fisher_mode="empirical")),
+    "online_ewc_lambda100": Row("Online EWC, λ = 100 (variant)",
+                                dict(method="online_ewc", head="matched", strength=100.0)),
+    "dhp+online_ewc_lambda100": Row("DHP Softmax + Online EWC, λ = 100 (variant)",
+                                    dict(method="online_ewc", head="dhp", strength=100.0)),
+    # DHP+MAS with η kept in [0, 1], where the trace is an average and cannot grow (the
+    # penalty leaves α, η and the trace free, SPEC §2).
+    "dhp+mas_eta_projected": Row("DHP Softmax + MAS, η projected into [0, 1] (control)",
+                                 dict(method="mas", head="dhp", eta_constraint="project")),
+    # The hypothesis that the paper's Online EWC squared mini-batch *mean* gradients
+    # (as many public EWC implementations do): a Fisher ~batch-size times smaller.
+    "online_ewc_batch": Row("Online EWC, mini-batch Fisher (variant)",
+                            dict(method="online_ewc", head="matched", fisher_mode="batch")),
+    "dhp+online_ewc_batch": Row("DHP Softmax + Online EWC, mini-batch Fisher (variant)",
+                                dict(method="online_ewc", head="dhp", fisher_mode="batch")),
+}
+DEFAULT_ROWS = tuple(ROWS)[:10]   # Table I's eight rows and the two controls
+# DHP+X is compared with X (its suffix dropped: a control's or variant's X is the plain
+# X); DHP with Finetune.
+BASELINE_OF = {"dhp": "finetune",
+               **{row: row[len("dhp+"):].removesuffix("_eta_projected")
+                  for row in ROWS if row.startswith("dhp+")}}
+# Tables beyond the paper's four benchmarks: name -> (benchmark, config overrides). The
+# paper's Split MNIST is task-incremental (a head per task); class-incremental shares one
+# 10-way head, where a memory in the output layer has the most to do.
+VARIANTS = {"split_mnist_class": ("split_mnist", {"scenario": "class"})}
+TABLES = benchmarks.BENCHMARKS + tuple(VARIANTS)
+# Fields a row leaves to the run (how long, how many seeds, which data).
+_RUN_FIELDS = ("num_tasks", "epochs", "num_seeds", "seed", "importance_samples",
+               "train_subset", "scenario", "vision_datasets")
+
+
+def table_benchmark(table: str) -> tuple[str, dict]:
+  """(benchmark, config overrides) of a table name (a benchmark or a ``VARIANTS`` key)."""
+  return VARIANTS.get(table, (table, {}))
+
+
+def row_config(table: str, preset: str, row: str, **overrides) -> Config:
+  """The config of row ``row`` of table ``table``."""
+  benchmark, extra = table_benchmark(table)
+  return make_config(benchmark, preset, **ROWS[row].overrides, **{**extra, **overrides})
+
+
+def row_of(config: Config):
+  """The name of the row ``config`` runs (run-size fields aside), or None."""
+  run = {name: getattr(config, name) for name in _RUN_FIELDS}
+  for name, row in ROWS.items():
+    try:
+      candidate = make_config(config.benchmark, config.preset, **row.overrides)
+    except ValueError:
+      continue
+    if dataclasses.replace(candidate, **run) == config:
+      return name
+  return None
+
+
+def row_label(config: Config) -> str:
+  """A config's label: its row's (``ROWS``), else spelled out from its fields."""
+  row = row_of(config)
+  if row is not None:
+    return ROWS[row].label
+  method = consolidation.METHODS[config.method]
+  usual = {**Config().to_json(), **preset_values(config.benchmark, "paper", config.method)}
+  label = method.label + "".join(
+      f" ({name} = {getattr(config, name):g})" if isinstance(getattr(config, name), float)
+      else f" ({name} = {getattr(config, name)})"
+      for name in ("lr", *method.hyperparameters) if getattr(config, name) != usual[name])
+  if config.head != "dhp":
+    return label + (" (dense θ init)" if config.theta_init == "dense" else "")
+  dhp = ("DHP Softmax" + (" (α frozen at 0)" if config.freeze_alpha else "")
+         + (" (η projected into [0, 1])" if config.eta_constraint == "project" else ""))
+  if config.method == "finetune":
+    return dhp + label[len(method.label):]   # the changed hyperparameters, if any
+  return f"{dhp} + {label}"
+
+
+def with_defaults(saved: Mapping) -> dict:
+  """A saved config (JSON), keys added to ``Config`` after it was saved at their
+  defaults, so older results stay valid."""
+  return {**Config().to_json(), **saved}
+
+
+def config_matches(saved: Mapping, config: Config) -> bool:
+  """Whether a saved config (JSON) describes ``config`` (see ``with_defaults``)."""
+  return with_defaults(saved) == config.to_json()

@@ -1,0 +1,395 @@
+"""The continual-learning run: every seed of a config trained on the task stream at once.
+
+``train_and_evaluate(config, out_dir)`` is one short loop over named steps — init or
+restore, train one task, consolidate, evaluate, commit — built from the per-seed pieces
+of ``dhp_jax.training`` (vmapped by ``dhp_jax.seeds``) and the run directory of
+``dhp_jax.store``. ``extend_seeds`` adds seeds to a finished run.
+
+Shapes: every array of the state carries a leading seed axis [S, ...]; ``acc`` is the
+accuracy matrix [S, T, T] (row t: after task t, on every task), ``init_acc`` [S, T] the
+untrained model's accuracies (FWT).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+import time
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dhp_jax import config as config_lib
+from dhp_jax import consolidation, results as results_lib, seeds as seeds_lib, store
+from dhp_jax import training
+from dhp_jax.config import Config
+
+
+class NonFiniteError(FloatingPointError):
+  """Training produced a non-finite loss, trace or parameter in every seed."""
+
+
+class Run(NamedTuple):
+  """What stays fixed during a run: the config, the seeds' data and compiled programs."""
+  config: Config
+  seeds: list
+  keys: jax.Array            # [S] base keys
+  sharding: Any
+  tasks: tuple               # the first seed's tasks (names, test splits, output slices)
+  notes: tuple
+  train_splits: list
+  perms: list                # per task: [S, D] int32 permutations or None
+  test_splits: list
+  programs: Any              # ``_Programs``
+
+
+class Progress(NamedTuple):
+  """What a run has done so far (what a commit saves)."""
+  state: training.TrainState
+  acc: np.ndarray            # [S, T, T], NaN where not yet evaluated
+  init_acc: np.ndarray       # [S, T]
+  trace: dict                # per epoch, one value per seed
+  diverged: dict             # seed -> {task, epoch, quantities}
+  stability: list            # per task {task, max_lr_strength_importance: [S]}
+  next_task: int             # 0-based
+  wall_before: float         # seconds spent before a resume
+
+
+def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_dir=None,
+                       resume: bool = False, restart: bool = False,
+                       stop_after_task: Optional[int] = None, progress: bool = True,
+                       log: Callable[[str], None] = print, observers: Sequence = ()) -> dict:
+  """Trains ``config.num_seeds`` seeds (vmapped) on the task stream; returns the results.
+
+  Every finished task is committed to ``out_dir`` (``dhp_jax.store``); ``resume=True``
+  continues from the last commit, ``restart=True`` starts the directory over.
+  ``stop_after_task`` (1-based count) ends the run early, as a kill would (for tests).
+  ``observers``: objects with ``epoch(task, epoch, values)`` and ``task(task, accuracy)``
+  methods (e.g. ``dhp_jax.logging.MetricsWriter``), called with host values.
+  """
+  run = prepare(config.validate(), data_dir)
+  with _lock(out_dir):
+    done = _init_or_restore(run, out_dir, resume=resume, restart=restart, log=log)
+    if done.next_task >= config.num_tasks:
+      return store.read_results(out_dir)
+    watchers = [*observers, *([_ProgressBar(run, done.next_task)] if progress else [])]
+    wall_start, results = time.time(), None
+    for t in range(done.next_task, config.num_tasks):
+      done, task_start_params = _train_task(run, done, t, out_dir, watchers, log)
+      done = _consolidate_task(run, done, t, task_start_params)
+      done = _evaluate_task(run, done, t, watchers)
+      results = _commit_task(run, done, out_dir, wall_start)
+      _warn_if_unstable(run, done.stability[-1:] if done.stability else [], log)
+      if stop_after_task is not None and t + 1 >= stop_after_task:
+        break
+    for watcher in watchers:
+      getattr(watcher, "close", lambda: None)()
+  return results
+
+
+def _lock(out_dir):
+  return store.locked(out_dir) if out_dir is not None else contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------------- set-up
+
+def prepare(config: Config, data_dir=None) -> Run:
+  """The seeds' streams on the devices and the run's programs (compiled on first use)."""
+  seeds = [config.seed + s for s in range(config.num_seeds)]
+  streams = seeds_lib.build_streams(config, seeds, data_dir)
+  sharding = seeds_lib.seed_sharding(config.num_seeds)
+  replicated = seeds_lib.replicated(sharding)
+  tasks = streams[0].tasks[:config.num_tasks]
+  inputs = [seeds_lib.task_training_inputs(config, streams, t)
+            for t in range(config.num_tasks)]
+  model = training.make_model(config, streams[0].num_classes)
+  programs = _Programs(config, model, training.make_optimizer(config),
+                       streams[0].input_shape)
+  return Run(config, seeds, seeds_lib.base_keys(seeds), sharding, tasks,
+             tuple(streams[0].notes),
+             [seeds_lib.put(split, replicated) for split, _ in inputs],
+             [seeds_lib.put(perm, sharding) for _, perm in inputs],
+             [seeds_lib.put(task.test, replicated) for task in tasks], programs)
+
+
+class _Programs:
+  """The run's jitted, seed-vmapped programs: one per distinct task output slice."""
+
+  def __init__(self, config: Config, model, optimizer, input_shape):
+    self.config, self.model, self.optimizer = config, model, optimizer
+    self.create = seeds_lib.seed_jit(functools.partial(
+        training.create_state, model=model, input_shape=input_shape, optimizer=optimizer,
+        freeze_alpha=config.freeze_alpha), 0)
+
+  @functools.lru_cache(maxsize=None)
+  def epoch(self, output_slice):
+    fn = functools.partial(training.train_epoch, batch_size=self.config.batch_size,
+                           output_slice=output_slice, model=self.model,
+                           optimizer=self.optimizer, freeze_alpha=self.config.freeze_alpha,
+                           project_eta=self.config.eta_constraint == "project")
+    return seeds_lib.seed_jit(fn, (0, 0, None, 0), donate_argnums=0)
+
+  @functools.lru_cache(maxsize=None)
+  def evaluate(self, output_slice):
+    fn = functools.partial(training.evaluate, model=self.model, output_slice=output_slice)
+    return seeds_lib.seed_jit(fn, (0, 0, None, 0))
+
+  @functools.lru_cache(maxsize=None)
+  def consolidate(self, output_slice):
+    fn = functools.partial(training.consolidate, config=self.config, model=self.model,
+                           output_slice=output_slice)
+    return seeds_lib.seed_jit(fn, (0, 0, None, 0, 0))
+
+
+@jax.jit
+def _copy(tree):
+  # A copy: the epoch program donates (and so deletes) the state's buffers.
+  return jax.tree.map(jnp.copy, tree)
+
+
+def _evaluate_all(run: Run, state) -> np.ndarray:
+  """[S, T] accuracy of every seed on every task's test split."""
+  return np.stack([np.asarray(run.programs.evaluate(task.output_slice)(
+      state.params, state.hebb, run.test_splits[i], run.perms[i]))
+      for i, task in enumerate(run.tasks)], 1)
+
+
+def _init_or_restore(run: Run, out_dir, *, resume: bool, restart: bool, log) -> Progress:
+  """A fresh start, or the progress of the last commit in ``out_dir`` (``resume``)."""
+  config = run.config
+  state = seeds_lib.put(run.programs.create(seeds_lib.init_keys(run.keys)), run.sharding)
+  commit = None
+  if out_dir is not None:
+    if restart:
+      store.clear(out_dir)
+    commit = store.sync(out_dir)
+    if commit is not None and not resume:
+      raise store.StoreError(
+          f"{out_dir} already holds a run (task {commit.task}/"
+          f"{commit.results.get('num_tasks')}): pass --resume to continue it or "
+          f"--restart to start it over")
+    if commit is None and resume:
+      log(f"nothing to resume in {out_dir} yet; starting from task 1")
+  if commit is None:
+    num_tasks = config.num_tasks
+    return Progress(state, np.full((config.num_seeds, num_tasks, num_tasks), np.nan),
+                    _evaluate_all(run, state), _empty_trace(), {}, [], 0, 0.0)
+  return _restored(run, out_dir, commit, state, log)
+
+
+def _empty_trace() -> dict:
+  return {"eta": [], "hebb_norm": [], "alpha_norm": [], "epoch_loss": [], "task": []}
+
+
+def _restored(run: Run, out_dir: str, commit: store.Commit, target, log) -> Progress:
+  saved = commit.results
+  if not config_lib.config_matches(saved.get("config", {}), run.config):
+    theirs = config_lib.with_defaults(saved.get("config", {}))
+    diff = {k: (theirs.get(k), v) for k, v in run.config.to_json().items()
+            if theirs.get(k) != v}
+    raise ValueError(f"--resume: the config in {out_dir} differs from this run's "
+                     f"(saved, now): {diff}")
+  done, num_tasks = commit.task, run.config.num_tasks
+  log(f"resuming {out_dir} after task {done}/{num_tasks}")
+  if done >= num_tasks or store.is_finished(saved, run.config.num_seeds):
+    return Progress(target, None, None, saved["trace"], {}, [], num_tasks, 0.0)
+  state = seeds_lib.put(store.restore_state(out_dir, commit, target), run.sharding)
+  acc = np.full((run.config.num_seeds, num_tasks, num_tasks), np.nan)
+  diverged = {}
+  for s, entry in enumerate(saved["per_seed"]):
+    rows = entry["accuracy_matrix_all_tasks"][:done]
+    acc[s, :len(rows)] = np.asarray(rows, dtype=float).reshape(len(rows), num_tasks)
+    if "diverged" in entry:
+      diverged[entry["seed"]] = entry["diverged"]
+  init_acc = np.asarray([e["init_accuracy"] for e in saved["per_seed"]])
+  return Progress(state, acc, init_acc, saved["trace"], diverged,
+                  list(saved.get("penalty_stability", [])), done,
+                  saved.get("wall_time_s") or 0.0)
+
+
+# ------------------------------------------------------------------ one task's steps
+
+def _train_task(run: Run, done: Progress, t: int, out_dir, watchers, log):
+  """``config.epochs`` epochs of task ``t``; non-finite seeds recorded (all: raise).
+  Returns the progress and the parameters at the task's start (for consolidation)."""
+  task_keys = seeds_lib.task_keys(run.keys, t)
+  epoch_fn = run.programs.epoch(run.tasks[t].output_slice)
+  state, diverged = done.state, dict(done.diverged)
+  trace = {name: list(values) for name, values in done.trace.items()}
+  start_params = _copy(state.params)
+  for epoch in range(run.config.epochs):
+    keys = seeds_lib.put(seeds_lib.epoch_keys(task_keys, epoch), run.sharding)
+    state, stats = epoch_fn(state, keys, run.train_splits[t], run.perms[t])
+    finite, plastic = jax.device_get(_epoch_summary(stats["loss"], state))
+    _record_nonfinite(run, done, finite, diverged, t, epoch, out_dir, log)
+    values = {**{k: np.asarray(v).tolist() for k, v in plastic.items()},
+              "epoch_loss": np.asarray(stats["loss"]).tolist()}
+    for name, per_seed in values.items():
+      trace[name].append(results_lib.finite_or_none(per_seed))
+    trace["task"].append(t)
+    for watcher in watchers:
+      watcher.epoch(t, epoch, values)
+  return done._replace(state=state, trace=trace, diverged=diverged), start_params
+
+
+@jax.jit
+def _epoch_summary(loss, state):
+  """[S] finite flags per quantity and the DHP head's per-seed η, ‖Hebb‖, ‖α‖."""
+  def per_seed(tree):
+    ok = [jnp.isfinite(x).reshape(x.shape[0], -1).all(1) for x in jax.tree.leaves(tree)]
+    return jnp.stack(ok).all(0) if ok else jnp.ones(loss.shape, bool)
+  finite = {"loss": jnp.isfinite(loss), "Hebb trace": per_seed(state.hebb),
+            "parameters": per_seed(state.params)}
+  return finite, jax.vmap(training.plasticity_stats)(state)
+
+
+def _record_nonfinite(run: Run, done: Progress, finite: dict, diverged: dict, t: int,
+                      epoch: int, out_dir, log) -> None:
+  """Adds newly non-finite seeds to ``diverged``; the others go on (each seed's slot in
+  the vmapped program is independent). When none is left: recorded, NonFiniteError."""
+  bad = {seed: [name for name, ok in finite.items() if not ok[s]]
+         for s, seed in enumerate(run.seeds) if seed not in diverged}
+  bad = {seed: names for seed, names in bad.items() if names}
+  for seed, names in bad.items():
+    diverged[seed] = {"task": t + 1, "epoch": epoch + 1, "quantities": names}
+  if not bad:
+    return
+  if len(diverged) < len(run.seeds):
+    log(f"seeds {sorted(bad)}: non-finite in task {t + 1}, epoch {epoch + 1}; recorded, "
+        f"the other seeds go on")
+    return
+  names = sorted({n for names in bad.values() for n in names})
+  stop = {"task": t + 1, "epoch": epoch + 1, "quantities": names, "seeds": sorted(bad)}
+  if out_dir is not None and t > 0:
+    # Recorded, so a table can show the row as diverged instead of re-running it.
+    store.record_stop(out_dir, {**store.read_results(out_dir), "diverged": stop})
+  raise NonFiniteError(f"non-finite {', '.join(names)} in task {t + 1}, epoch {epoch + 1} "
+                       f"(seeds {stop['seeds']}); results up to task {t} are in {out_dir}")
+
+
+def _consolidate_task(run: Run, done: Progress, t: int, task_start_params) -> Progress:
+  """The method's task-end bookkeeping, and the stability of SGD on its new penalty."""
+  keys = seeds_lib.put(seeds_lib.consolidation_keys(seeds_lib.task_keys(run.keys, t)),
+                       run.sharding)
+  state = run.programs.consolidate(run.tasks[t].output_slice)(
+      done.state, task_start_params, run.train_splits[t], run.perms[t], keys)
+  stability = done.stability
+  if consolidation.METHODS[run.config.method].penalised:
+    strength_lr = run.config.strength * run.config.lr
+    per_leaf = jax.device_get(_largest_importance(state.opt_state, state.params))
+    stability = stability + [{
+        "task": t + 1, "max_lr_strength_importance":
+            [float(strength_lr * max(v[s] for v in per_leaf.values()))
+             for s in range(len(run.seeds))],
+        "largest_layer": [max(per_leaf, key=lambda k: per_leaf[k][s])
+                          for s in range(len(run.seeds))]}]
+  return done._replace(state=state, stability=stability)
+
+
+@jax.jit
+def _largest_importance(opt_state, params) -> dict:
+  """{slow-weight path: [S] largest Ω} of the penalty in ``opt_state``."""
+  importance = consolidation.get_penalty(opt_state).importance
+  mask = consolidation.slow_weights_mask(params)
+  leaves = jax.tree_util.tree_leaves_with_path(importance)
+  return {jax.tree_util.keystr(path): leaf.reshape(leaf.shape[0], -1).max(1)
+          for (path, leaf), slow in zip(leaves, jax.tree.leaves(mask)) if slow}
+
+
+def _warn_if_unstable(run: Run, records: list, log) -> None:
+  """Plain SGD on λΩ(θ−θ*)² is unstable once lr·λ·Ω > 1 (BUILD_NOTES, "Online EWC can
+  diverge"): said before the next task starts. No clamping: the method stays faithful."""
+  for record in records:
+    for s, value in enumerate(record["max_lr_strength_importance"]):
+      if value > 1:
+        log(f"WARNING: after task {record['task']}, seed {run.seeds[s]}: lr·λ·Ω = "
+            f"{value:.3g} > 1 in {record['largest_layer'][s]}: plain SGD on the penalty is "
+            f"unstable there and the next task may diverge")
+
+
+def _evaluate_task(run: Run, done: Progress, t: int, watchers) -> Progress:
+  acc = done.acc.copy()
+  acc[:, t] = _evaluate_all(run, done.state)
+  for watcher in watchers:
+    watcher.task(t, acc[:, t])
+  return done._replace(acc=acc, next_task=t + 1)
+
+
+def _commit_task(run: Run, done: Progress, out_dir, wall_start: float) -> dict:
+  """The results payload after task ``done.next_task``, committed with the state."""
+  task = done.next_task
+  results = {"config": run.config.to_json(), "completed_tasks": task,
+             "num_tasks": run.config.num_tasks, "notes": list(run.notes),
+             "task_names": [t.name for t in run.tasks],
+             "per_seed": results_lib.per_seed_results(run.seeds, done.acc, done.init_acc,
+                                                      task, done.diverged),
+             "trace": done.trace, "devices": [str(d) for d in jax.devices()],
+             "wall_time_s": round(done.wall_before + time.time() - wall_start, 1)}
+  if done.stability:
+    results["penalty_stability"] = done.stability
+  results["mean"], results["sem"] = results_lib.summarize(results["per_seed"])
+  if out_dir is not None:
+    store.commit(out_dir, task, results, done.state)
+  return results
+
+
+class _ProgressBar:
+  """tqdm over the run's epochs, with the latest task, loss and samples/s."""
+
+  def __init__(self, run: Run, first_task: int):
+    from tqdm.auto import tqdm   # only when a bar is wanted
+    c = run.config
+    self.run, self.tic = run, time.time()
+    self.bar = tqdm(total=c.num_tasks * c.epochs, initial=first_task * c.epochs,
+                    desc=f"{c.benchmark}/{c.method}/{c.head}", unit="epoch",
+                    dynamic_ncols=True)
+
+  def epoch(self, task: int, epoch: int, values: dict) -> None:
+    del epoch
+    n = int(self.run.train_splits[task].index.shape[0]) * len(self.run.seeds)
+    now = time.time()
+    self.bar.set_postfix(task=f"{task + 1}/{self.run.config.num_tasks}",
+                         loss=f"{np.nanmean(np.asarray(values['epoch_loss'], float)):.3f}",
+                         samples_s=f"{n / max(now - self.tic, 1e-9):,.0f}")
+    self.tic = now
+    self.bar.update(1)
+
+  def task(self, task: int, accuracy) -> None:
+    del task, accuracy
+
+  def close(self) -> None:
+    self.bar.close()
+
+
+# ------------------------------------------------------------------- more seeds later
+
+def extend_seeds(config: Config, out_dir: str, *, train=None, **train_kwargs) -> dict:
+  """Adds seeds to the finished run in ``out_dir`` until it holds ``config.num_seeds``.
+
+  Trains only the missing seeds (in ``out_dir/seeds_<first>-<last>``, resumable like any
+  run) and merges them into ``out_dir``'s results (one commit). ``train`` defaults to
+  ``train_and_evaluate``; ``train_kwargs`` go to it. A ``NonFiniteError`` of the new
+  seeds is not raised: they are merged as diverged seeds.
+  """
+  with store.locked(out_dir):
+    held = store.seeds_to_extend(out_dir, config)
+    if not held:
+      raise ValueError(f"extend_seeds: {out_dir} holds no finished run of this config "
+                       f"with fewer than {config.num_seeds} seeds")
+    extra = dataclasses.replace(config, seed=config.seed + held,
+                                num_seeds=config.num_seeds - held)
+    extra_dir = os.path.join(out_dir,
+                             f"seeds_{extra.seed}-{config.seed + config.num_seeds - 1}")
+    try:
+      (train or train_and_evaluate)(extra, extra_dir, resume=True, **train_kwargs)
+    except NonFiniteError:
+      if store.read_results(extra_dir) is None:
+        raise   # diverged in the first task: nothing recorded to merge
+      # otherwise recorded in extra_dir's results as a run-wide divergence
+    merged = results_lib.merge_seed_runs(store.read_results(out_dir),
+                                         store.read_results(extra_dir))
+    store.commit(out_dir, merged["completed_tasks"], merged)
+  return merged

@@ -1,0 +1,334 @@
+"""The run directory: one atomic commit per finished task, resume, completeness, a lock.
+
+Layout of a run directory ``out_dir``:
+  ``commits/<k>/state/``         orbax checkpoint of the (seed-stacked) state after task k
+  ``commits/<k>/results.json``   the results payload after task k
+  ``results.json``               a copy of the latest commit's results (what tables read)
+  ``.lock``                      flock-ed by the process using the directory (its pid inside)
+
+A commit is written whole into ``commits/<k>.tmp/`` and renamed to ``commits/<k>/``: that
+one rename is the commit point. Then older commits are removed and ``results.json``
+refreshed. The highest-numbered ``commits/<k>/`` is the truth, so a kill at any instant
+(between any two writes included) loses at most the task in progress, and the state and
+the results of a commit can never disagree. A run recorded before this layout
+(``checkpoint/{TASK,state}`` beside ``results.json``, or ``results.json`` alone, as
+``results/`` holds after a fresh clone) still reads, resumes and extends.
+
+Every expected failure (a file where the directory should be, no permission, a full
+disk, a corrupt file, a directory in use) is a ``StoreError`` whose message names the
+path and says what to do.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sys
+from typing import Any, NamedTuple, Optional
+
+from dhp_jax import config as config_lib
+
+COMMITS = "commits"
+RESULTS = "results.json"
+LOCK = ".lock"
+_LEGACY_CHECKPOINTS = ("checkpoint", "checkpoint.tmp", "checkpoint.old")
+RESTART_ADVICE = "to start that run over, delete the directory or rerun with --restart"
+
+
+class StoreError(Exception):
+  """A run directory that cannot be used as asked; the message says why and what to do."""
+
+
+class Commit(NamedTuple):
+  """The latest finished task of a run: its results and where its state is (None: a
+  results-only record, e.g. a fresh clone's ``results/`` or merged seeds)."""
+  task: int
+  results: dict
+  state_path: Optional[str]
+
+
+# ------------------------------------------------------------------ file primitives
+# Small named steps, so tests can make any one of them fail (fault injection).
+
+def _write_file(path: str, text: str) -> None:
+  with open(path, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _rename(src: str, dst: str) -> None:
+  os.replace(src, dst)
+
+
+def _remove_tree(path: str) -> None:
+  shutil.rmtree(path, ignore_errors=True)
+
+
+def _save_state(path: str, state: Any) -> None:
+  import jax
+  import orbax.checkpoint as ocp  # heavy import, only when checkpointing
+
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(path, jax.device_get(state))
+  checkpointer.wait_until_finished()
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Write-then-rename, so a kill never leaves a half-written file."""
+  tmp = f"{path}.tmp"
+  _write_file(tmp, text)
+  _rename(tmp, path)
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+  write_text_atomic(path, json.dumps(payload, indent=1))
+
+
+def read_json(path: str) -> dict:
+  """The JSON object in ``path``; StoreError naming the file when it is corrupt."""
+  try:
+    with open(path) as f:
+      payload = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise StoreError(f"{path} is corrupt or truncated ({e}); "
+                     f"{RESTART_ADVICE}") from None
+  except OSError as e:
+    raise StoreError(f"cannot read {path}: {e.strerror}") from None
+  if not isinstance(payload, dict):
+    raise StoreError(f"{path} holds no results object; {RESTART_ADVICE}")
+  return payload
+
+
+# ------------------------------------------------------------------------- the lock
+
+def check_out_dir(out_dir: str) -> None:
+  """Creates ``out_dir`` if needed; StoreError when it is a file or not writable."""
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise StoreError(f"--out_dir {out_dir} is a file, expected a directory: pass another "
+                     f"path or move the file away")
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise StoreError(f"cannot create --out_dir {out_dir}: {e.strerror}; pass a "
+                     f"directory you can write to") from None
+  if not os.access(out_dir, os.W_OK | os.X_OK):
+    raise StoreError(f"--out_dir {out_dir} is not writable; pass a directory you can "
+                     f"write to")
+
+
+@contextlib.contextmanager
+def locked(out_dir: str):
+  """Holds ``out_dir``'s lock for the block. flock, so a killed holder never leaves a
+  stale lock: the kernel drops it with the process."""
+  check_out_dir(out_dir)
+  path = os.path.join(out_dir, LOCK)
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise StoreError(f"cannot create the lock {path}: {e.strerror}") from None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.read(fd, 4096).decode(errors="replace").strip() or "unknown"
+    os.close(fd)
+    raise StoreError(f"{out_dir} is in use by another run (process {holder}); wait for "
+                     f"it to finish or stop it, or pass another --out_dir") from None
+  try:
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()} on {socket.gethostname()}: {' '.join(sys.argv)}".encode())
+    yield
+  finally:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+# ------------------------------------------------------------------------ reading
+
+def _commit_dirs(out_dir: str) -> list[tuple[int, str]]:
+  root = os.path.join(out_dir, COMMITS)
+  if not os.path.isdir(root):
+    return []
+  found = [(int(name), os.path.join(root, name)) for name in os.listdir(root)
+           if name.isdigit()]
+  return sorted(found)
+
+
+def _legacy_commit(out_dir: str) -> Optional[Commit]:
+  """A run written before commits/: results.json, maybe a checkpoint/ of the same task."""
+  results_path = os.path.join(out_dir, RESULTS)
+  if not os.path.exists(results_path):
+    return None
+  results = read_json(results_path)
+  task = results.get("completed_tasks")
+  if not isinstance(task, int):
+    raise StoreError(f"{results_path} has no completed_tasks count; {RESTART_ADVICE}")
+  for name in _LEGACY_CHECKPOINTS:   # the old writer's order left one of these whole
+    folder = os.path.join(out_dir, name)
+    try:
+      with open(os.path.join(folder, "TASK")) as f:
+        if int(f.read()) == task:
+          return Commit(task, results, os.path.join(folder, "state"))
+    except (OSError, ValueError):
+      continue
+  return Commit(task, results, None)
+
+
+def latest_commit(out_dir: str) -> Optional[Commit]:
+  """The run's latest commit, or None when ``out_dir`` holds no run."""
+  dirs = _commit_dirs(out_dir)
+  if not dirs:
+    return _legacy_commit(out_dir)
+  task, folder = dirs[-1]
+  results = read_json(os.path.join(folder, RESULTS))
+  state = os.path.join(folder, "state")
+  return Commit(task, results, state if os.path.isdir(state) else None)
+
+
+def read_results(out_dir: str) -> Optional[dict]:
+  """The latest committed results of the run in ``out_dir`` (None: no run there)."""
+  commit = latest_commit(out_dir) if os.path.isdir(out_dir) else None
+  return None if commit is None else commit.results
+
+
+def restore_state(out_dir: str, commit: Commit, target):
+  """The state saved with ``commit`` of the run in ``out_dir``, shaped like ``target``."""
+  import jax
+  import jax.numpy as jnp
+  import orbax.checkpoint as ocp
+
+  if commit.state_path is None:
+    raise StoreError(f"the run in {out_dir} (task {commit.task}/"
+                     f"{commit.results.get('num_tasks')}) has no saved state to resume "
+                     f"from; {RESTART_ADVICE}")
+  try:
+    state = ocp.StandardCheckpointer().restore(commit.state_path, jax.device_get(target))
+  except Exception as e:   # orbax raises many types for a damaged checkpoint
+    raise StoreError(f"the checkpoint {commit.state_path} cannot be restored "
+                     f"({type(e).__name__}: {str(e)[:200]}); {RESTART_ADVICE}") from None
+  return jax.tree.map(jnp.asarray, state)
+
+
+# ------------------------------------------------------------------------ writing
+
+def _disk_error(e: OSError, path: str, out_dir: str, done: int) -> StoreError:
+  what = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+  kept = f"tasks 1-{done} are committed" if done else "no task was committed yet"
+  return StoreError(f"could not write {path}: {what}. In {out_dir} {kept}; fix that and "
+                    f"rerun with --resume")
+
+
+def commit(out_dir: str, task: int, results: dict, state=None) -> None:
+  """Commits task ``task`` (1-based): its results and, if given, its state, atomically."""
+  root = os.path.join(out_dir, COMMITS)
+  tmp = os.path.join(root, f"{task}.tmp")
+  step = tmp
+  try:
+    os.makedirs(root, exist_ok=True)
+    _remove_tree(tmp)
+    os.makedirs(tmp)
+    if state is not None:
+      _save_state(os.path.abspath(os.path.join(tmp, "state")), state)
+    step = os.path.join(tmp, RESULTS)
+    _write_file(step, json.dumps(results, indent=1))
+    step = os.path.join(root, str(task))
+    _remove_tree(step)   # a results-only rewrite of the same task
+    _rename(tmp, step)   # the commit point
+  except OSError as e:
+    raise _disk_error(e, step, out_dir, task - 1) from None
+  _tidy(out_dir, task, results)
+
+
+def _tidy(out_dir: str, task: int, results: dict) -> None:
+  """After a commit: older commits and pre-v2 checkpoints go, results.json follows."""
+  for older, folder in _commit_dirs(out_dir):
+    if older < task:
+      _remove_tree(folder)
+  for name in _LEGACY_CHECKPOINTS:
+    _remove_tree(os.path.join(out_dir, name))
+  path = os.path.join(out_dir, RESULTS)
+  try:
+    write_json_atomic(path, results)
+  except OSError as e:   # the commit holds the results; the copy follows on the next open
+    raise _disk_error(e, path, out_dir, task) from None
+
+
+def sync(out_dir: str) -> Optional[Commit]:
+  """The latest commit, unfinished ``.tmp`` commits removed and ``results.json`` brought
+  up to it (a kill may have come between the commit and the copy)."""
+  root = os.path.join(out_dir, COMMITS)
+  for name in os.listdir(root) if os.path.isdir(root) else ():
+    if name.endswith(".tmp"):
+      _remove_tree(os.path.join(root, name))
+  found = latest_commit(out_dir)
+  if found is not None and _commit_dirs(out_dir):
+    path = os.path.join(out_dir, RESULTS)
+    try:
+      current = read_json(path) if os.path.exists(path) else None
+    except StoreError:   # the copy is disposable: the commit holds the results
+      current = None
+    if current != found.results:
+      write_json_atomic(path, found.results)
+  return found
+
+
+def record_stop(out_dir: str, results: dict) -> None:
+  """Rewrites the latest commit's results (e.g. to mark a run stopped by divergence),
+  its state kept."""
+  dirs = _commit_dirs(out_dir)
+  if dirs:
+    write_json_atomic(os.path.join(dirs[-1][1], RESULTS), results)
+  write_json_atomic(os.path.join(out_dir, RESULTS), results)
+
+
+def clear(out_dir: str) -> None:
+  """Removes a run's commits, checkpoints and results (``--restart``); keeps the lock."""
+  for name in (COMMITS, *_LEGACY_CHECKPOINTS):
+    _remove_tree(os.path.join(out_dir, name))
+  for name in (RESULTS, RESULTS + ".tmp"):
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(os.path.join(out_dir, name))
+
+
+# --------------------------------------------------------------------- completeness
+
+def is_finished(results: dict, num_seeds: int) -> bool:
+  """All tasks done, or stopped because every seed diverged (rerunning diverges again).
+
+  A run that stopped when only some seeds had diverged (written before the engine let
+  the others go on) is not finished: resuming it trains the other seeds to the end.
+  """
+  if results.get("completed_tasks") == results.get("num_tasks"):
+    return True
+  if "diverged" not in results:
+    return False
+  gone = set(results["diverged"]["seeds"]) | {e["seed"] for e in results["per_seed"]
+                                              if "diverged" in e}
+  return len(gone) == num_seeds
+
+
+def is_complete(out_dir: str, config) -> bool:
+  """True when ``out_dir`` holds a finished run of exactly ``config``."""
+  results = read_results(out_dir)
+  return (results is not None
+          and config_lib.config_matches(results.get("config", {}), config)
+          and is_finished(results, config.num_seeds))
+
+
+def seeds_to_extend(out_dir: str, config) -> int:
+  """How many seeds a finished run in ``out_dir`` holds when it is ``config`` with fewer
+  seeds (same first seed); 0 when there is no such run. Those seeds need not be trained
+  again for ``config``."""
+  results = read_results(out_dir)
+  if results is None:
+    return 0
+  held = results.get("config", {}).get("num_seeds", 1)
+  if held >= config.num_seeds:
+    return 0
+  fewer = dataclasses.replace(config, num_seeds=held)
+  return held if is_complete(out_dir, fewer) else 0
