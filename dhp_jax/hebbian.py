@@ -158,9 +158,10 @@ def _check_apply_inputs(params: DHPParams, hebb, h, labels, mask):
                        f"{jnp.shape(labels)}")
     if not jnp.issubdtype(labels.dtype, jnp.integer):
       raise ValueError(f"labels must have an integer dtype, got {labels.dtype}")
-    if _is_concrete(labels) and labels.size and int(jnp.max(labels)) >= d:
+    # NumPy, not jnp: under jit a jnp op on concrete (closed-over) labels is traced.
+    if _is_concrete(labels) and labels.size and int(np.asarray(labels).max()) >= d:
       raise ValueError(f"labels must lie in [0, num_classes={d}) (negative = ignored), "
-                       f"got max label {int(jnp.max(labels))}")
+                       f"got max label {int(np.asarray(labels).max())}")
   if mask is not None and (jnp.ndim(mask) != 1 or mask.shape[0] != batch):
     raise ValueError(f"mask must be 1-D of length batch={batch}, got shape {jnp.shape(mask)}")
 

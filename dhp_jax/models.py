@@ -84,14 +84,16 @@ def conv_patches(x: jax.Array, kernel_hw: Sequence[int], strides: Sequence[int] 
 
 def patch_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                dimension_numbers=None, feature_group_count=1, precision=None,
-               preferred_element_type=None) -> jax.Array:
-  """``lax.conv_general_dilated`` (as ``nn.Conv(conv_general_dilated=...)`` calls it) for
-  2-D NHWC/HWIO convolutions, computed as patches · kernel: one matmul.
+               preferred_element_type=None, out_sharding=None) -> jax.Array:
+  """``lax.conv_general_dilated`` (as ``nn.Conv`` / ``nnx.Conv(conv_general_dilated=...)``
+  call it) for 2-D NHWC/HWIO convolutions, computed as patches · kernel: one matmul.
 
   Why: XLA:CPU runs a convolution inside a while loop (our ``lax.scan`` epoch) ~5× slower
   than the same convolution outside one, while dots run at full speed in both (measured in
   BUILD_NOTES.md). Anything else (grouped, input-dilated, other layouts) goes to ``lax``.
   """
+  # nnx.Conv always passes out_sharding (None without a mesh); older jax lacks the argument.
+  sharding = {} if out_sharding is None else {"out_sharding": out_sharding}
   ones = (1,) * (lhs.ndim - 2)
   plain = (lhs.ndim == 4 and feature_group_count == 1
            and tuple(lhs_dilation or ones) == ones
@@ -102,10 +104,11 @@ def patch_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilatio
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
         feature_group_count=feature_group_count, precision=precision,
-        preferred_element_type=preferred_element_type)
+        preferred_element_type=preferred_element_type, **sharding)
   patches = conv_patches(lhs, rhs.shape[:2], window_strides, padding, rhs_dilation or ones)
   return jnp.dot(patches.reshape(*patches.shape[:3], -1), rhs.reshape(-1, rhs.shape[-1]),
-                 precision=precision, preferred_element_type=preferred_element_type)
+                 precision=precision, preferred_element_type=preferred_element_type,
+                 **sharding)
 
 
 class CNN(nn.Module):

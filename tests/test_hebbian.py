@@ -138,10 +138,12 @@ def test_gradient_reaches_h_through_update_but_not_the_carried_trace():
   assert not np.allclose(g_h, direct)
 
 
-@pytest.mark.parametrize("transform", ["none", "jit"])
+@pytest.mark.parametrize("transform", ["none", "jit", "jit_closed_over_labels"])
 def test_jit_equals_eager(transform):
   params, hebb, h, labels = _random_state()
-  fn = dhp_apply if transform == "none" else jax.jit(dhp_apply)
+  fn = {"none": dhp_apply, "jit": jax.jit(dhp_apply),
+        "jit_closed_over_labels": lambda p, t, x, _: jax.jit(
+            lambda p, t, x: dhp_apply(p, t, x, labels))(p, t, x)}[transform]
   got = fn(params, hebb, h, labels)
   want = dhp_apply(params, hebb, h, labels)
   for a, b in zip(got, want):

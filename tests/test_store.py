@@ -1,0 +1,228 @@
+"""The run store loses nothing: kills at every write, real kill -9s, locks, bad files."""
+import dataclasses
+import errno
+import glob
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from dhp_jax import config as config_lib
+from dhp_jax import engine, seeds, store
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Three tasks of 256 real samples, two seeds, SI (so the optimizer state matters).
+TINY = config_lib.make_config("permuted_mnist", "quick", "si", num_tasks=3, num_seeds=2,
+                              train_subset=256, lr=0.1)
+_PRIMITIVES = ("_save_state", "_write_file", "_rename", "_remove_tree")
+
+
+class Killed(BaseException):
+  """A kill: nothing in the engine catches it."""
+
+
+def _numbers(results):
+  return {k: results[k] for k in ("completed_tasks", "per_seed", "trace", "mean", "sem",
+                                  "penalty_stability") if k in results}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, mnist):
+  return engine.train_and_evaluate(TINY, str(tmp_path_factory.mktemp("full")),
+                                   progress=False)
+
+
+def _kill_at(monkeypatch, step: int):
+  """Makes the store's ``step``-th write (1-based, counted over all its primitives)
+  die before it happens."""
+  count = [0]
+  for name in _PRIMITIVES:
+    real = getattr(store, name)
+
+    def dying(*args, _real=real, **kwargs):
+      count[0] += 1
+      if count[0] == step:
+        raise Killed(step)
+      return _real(*args, **kwargs)
+    monkeypatch.setattr(store, name, dying)
+  return count
+
+
+def _writes(tmp_path, monkeypatch, tasks: int) -> int:
+  count = _kill_at(monkeypatch, step=-1)
+  engine.train_and_evaluate(TINY, str(tmp_path / f"count_{tasks}"), progress=False,
+                            stop_after_task=tasks)
+  monkeypatch.undo()
+  return count[0]
+
+
+def test_a_kill_before_any_write_of_a_commit_costs_at_most_the_task(
+    tmp_path, monkeypatch, uninterrupted):
+  # The last commit has every kind of write (state, results, the commit rename, the
+  # older commit's removal, the results copy); killing before each of them in turn.
+  first, total = _writes(tmp_path, monkeypatch, 2), _writes(tmp_path, monkeypatch, 3)
+  assert total - first >= 6
+  for step in range(first + 1, total + 1):
+    out = str(tmp_path / f"kill_{step}")
+    _kill_at(monkeypatch, step)
+    with pytest.raises(Killed):
+      engine.train_and_evaluate(TINY, out, progress=False)
+    monkeypatch.undo()
+    before = store.read_results(out) if os.path.isdir(out) else None
+    resumed = engine.train_and_evaluate(TINY, out, progress=False, resume=True)
+    assert _numbers(resumed) == _numbers(uninterrupted), f"killed before write {step}"
+    assert store.read_results(out)["completed_tasks"] == 3
+    if before is not None:   # what the kill left is a whole commit of the same run
+      k = before["completed_tasks"]
+      for left, full in zip(before["per_seed"], uninterrupted["per_seed"]):
+        assert left["accuracy_matrix"] == [row[:k] for row in full["accuracy_matrix"][:k]]
+
+
+def test_real_kill_9_at_random_instants_then_resume(tmp_path, uninterrupted):
+  out = str(tmp_path / "killed")
+  args = [sys.executable, "experiments/run.py", "--method=si", "--num_tasks=3",
+          "--num_seeds=2", "--train_subset=256", "--lr=0.1", "--noprogress",
+          f"--out_dir={out}", "--resume", f"--jax_cache_dir={os.environ.get('DHP_TEST_JAX_CACHE', '/tmp/dhp_jax_test_xla_cache')}"]
+  instants = random.Random(0)
+  for _ in range(3):
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    time.sleep(instants.uniform(2.0, 12.0))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+  subprocess.run(args, cwd=REPO, check=True, capture_output=True)
+  assert _numbers(store.read_results(out)) == _numbers(uninterrupted)
+
+
+def test_a_full_disk_is_a_clear_error_and_earlier_tasks_stay(tmp_path, monkeypatch, mnist):
+  out = str(tmp_path / "full_disk")
+  real, calls = store._write_file, []
+
+  def no_space(path, text):
+    calls.append(path)
+    if len(calls) > 2:   # task 1 commits (results + its copy); then the disk is full
+      raise OSError(errno.ENOSPC, "No space left on device", path)
+    real(path, text)
+  monkeypatch.setattr(store, "_write_file", no_space)
+  with pytest.raises(store.StoreError, match=r"disk is full.*tasks 1-1 are committed"):
+    engine.train_and_evaluate(TINY, out, progress=False)
+  monkeypatch.undo()
+  assert store.read_results(out)["completed_tasks"] == 1
+  assert engine.train_and_evaluate(TINY, out, progress=False, resume=True)[
+      "completed_tasks"] == 3
+
+
+def test_a_directory_in_use_is_refused_and_a_killed_holder_does_not_block(tmp_path, mnist):
+  out = str(tmp_path / "busy")
+  with store.locked(out):
+    with pytest.raises(store.StoreError, match=rf"{out} is in use by another run "
+                                               rf"\(process {os.getpid()}"):
+      engine.train_and_evaluate(TINY, out, progress=False)
+  holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from dhp_jax import "
+                             "store\nwith store.locked(sys.argv[1]):\n  print(flush=True); "
+                             "time.sleep(60)", out], cwd=REPO, stdout=subprocess.PIPE)
+  holder.stdout.readline()   # the lock is held
+  with pytest.raises(store.StoreError, match=f"process {holder.pid}"):
+    engine.train_and_evaluate(TINY, out, progress=False)
+  holder.kill()
+  holder.wait()
+  assert engine.train_and_evaluate(TINY, out, progress=False)["completed_tasks"] == 3
+
+
+@pytest.mark.parametrize("damage", ["results", "checkpoint"])
+def test_a_corrupt_file_is_named_by_the_binary_without_a_traceback(tmp_path, damage, mnist):
+  out = str(tmp_path / "corrupt")
+  engine.train_and_evaluate(TINY, out, progress=False, stop_after_task=1)
+  commit = os.path.join(out, store.COMMITS, "1")
+  if damage == "results":
+    path = os.path.join(commit, store.RESULTS)
+    with open(path, "w") as f:
+      f.write('{"config": {"benchm')
+  else:
+    path = os.path.join(commit, "state")
+    for name in glob.glob(os.path.join(path, "**", "*"), recursive=True):
+      if os.path.isfile(name):
+        with open(name, "wb") as f:
+          f.write(b"\0garbage")
+  run = subprocess.run([sys.executable, "experiments/run.py", "--method=si", "--num_tasks=3",
+                        "--num_seeds=2", "--train_subset=256", "--lr=0.1", "--noprogress",
+                        f"--out_dir={out}", "--resume", "--jax_cache_dir="],
+                       cwd=REPO, capture_output=True, text=True)
+  assert run.returncode != 0 and "Traceback" not in run.stderr
+  assert path in run.stderr and "--restart" in run.stderr
+
+
+@pytest.mark.parametrize("where", ["a_file", "under_a_file"])
+def test_an_out_dir_that_cannot_be_a_directory_is_a_clear_error(tmp_path, where):
+  (tmp_path / "a_file").write_text("")
+  out = str(tmp_path / "a_file") if where == "a_file" else str(tmp_path / "a_file" / "run")
+  with pytest.raises(store.StoreError, match="out_dir"):
+    store.check_out_dir(out)
+
+
+def test_a_run_written_before_commits_resumes(tmp_path, uninterrupted):
+  """The pre-v2 layout: checkpoint/{TASK,state} beside results.json."""
+  out = str(tmp_path / "legacy")
+  engine.train_and_evaluate(TINY, out, progress=False, stop_after_task=1)
+  commit = os.path.join(out, store.COMMITS, "1")
+  os.makedirs(os.path.join(out, "checkpoint"))
+  os.rename(os.path.join(commit, "state"), os.path.join(out, "checkpoint", "state"))
+  with open(os.path.join(out, "checkpoint", "TASK"), "w") as f:
+    f.write("1")
+  os.rename(os.path.join(out, store.COMMITS), os.path.join(out, "gone"))
+  assert store.latest_commit(out).task == 1
+  resumed = engine.train_and_evaluate(TINY, out, progress=False, resume=True)
+  assert _numbers(resumed) == _numbers(uninterrupted)
+  assert not os.path.exists(os.path.join(out, "checkpoint"))
+
+
+def _recorded_runs():
+  for path in sorted(glob.glob(os.path.join(REPO, "results", "**", "results.json"),
+                               recursive=True)):
+    if "seeds_" not in path:
+      yield os.path.dirname(path)
+
+
+def test_every_recorded_run_is_read_as_finished_and_can_take_more_seeds():
+  dirs = list(_recorded_runs())
+  assert len(dirs) > 50
+  for run_dir in dirs:
+    results = store.read_results(run_dir)
+    config = config_lib.Config(**{
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in config_lib.with_defaults(results["config"]).items()})
+    if not store.is_finished(results, config.num_seeds):
+      continue   # in progress (the campaign); resumable, not finished
+    assert store.is_complete(run_dir, config), run_dir
+    more = dataclasses.replace(config, num_seeds=config.num_seeds + 1)
+    assert store.seeds_to_extend(run_dir, more) == config.num_seeds, run_dir
+
+
+def test_penalty_stability_is_recorded_and_warned_before_the_next_task(tmp_path, mnist):
+  stiff = config_lib.make_config("permuted_mnist", "quick", "online_ewc", num_tasks=2,
+                                 num_seeds=2, train_subset=256, importance_samples=128,
+                                 strength=1e4)
+  said = []
+  results = engine.train_and_evaluate(stiff, str(tmp_path / "stiff"), progress=False,
+                                      log=said.append)
+  first = results["penalty_stability"][0]
+  assert first["task"] == 1 and len(first["max_lr_strength_importance"]) == 2
+  commit = store.latest_commit(str(tmp_path / "stiff"))
+  # Recomputed from the checkpoint: lr·λ·max Ω over the slow weights, per seed.
+  run = engine.prepare(stiff)
+  target = run.programs.create(seeds.init_keys(run.keys))
+  state = store.restore_state(str(tmp_path / "stiff"), commit, target)
+  largest = engine._largest_importance(state.opt_state, state.params)
+  want = [stiff.lr * stiff.strength * max(float(v[s]) for v in largest.values())
+          for s in range(2)]
+  np.testing.assert_allclose(results["penalty_stability"][-1]["max_lr_strength_importance"],
+                             want, rtol=1e-6)
+  warned = [line for line in said if line.startswith("WARNING: after task 1")]
+  assert warned and all("> 1 in " in line for line in warned)
+  assert first["max_lr_strength_importance"][0] > 1
