@@ -68,10 +68,11 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
   continues from the last commit, ``restart=True`` starts the directory over.
   ``stop_after_task`` (1-based count) ends the run early, as a kill would (for tests).
   ``observers``: objects with ``epoch(task, epoch, values)`` and ``task(task, accuracy)``
-  methods (e.g. ``dhp_jax.logging.MetricsWriter``), called with host values.
+  methods (e.g. ``dhp_jax.metric_writers.MetricsWriter``), called with host values.
   """
-  run = prepare(config.validate(), data_dir)
-  with _lock(out_dir):
+  config = config.validate()
+  with _lock(out_dir):   # first: a busy directory is refused before any work
+    run = prepare(config, data_dir)
     done = _init_or_restore(run, out_dir, resume=resume, restart=restart, log=log)
     if done.next_task >= config.num_tasks:
       return store.read_results(out_dir)
@@ -82,7 +83,7 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
       done = _consolidate_task(run, done, t, task_start_params)
       done = _evaluate_task(run, done, t, watchers)
       results = _commit_task(run, done, out_dir, wall_start)
-      _warn_if_unstable(run, done.stability[-1:] if done.stability else [], log)
+      _warn_if_unstable(run, done.stability[-1:], log)
       if stop_after_task is not None and t + 1 >= stop_after_task:
         break
     for watcher in watchers:
@@ -299,12 +300,17 @@ def _largest_importance(opt_state, params) -> dict:
           for (path, leaf), slow in zip(leaves, jax.tree.leaves(mask)) if slow}
 
 
+# Plain SGD on λΩ(θ−θ*)² multiplies the offset by (1 − 2·lr·λ·Ω) per step: it diverges
+# once lr·λ·Ω > 1 on any coordinate (BUILD_NOTES, "Online EWC can diverge").
+STABILITY_BOUND = 1.0
+
+
 def _warn_if_unstable(run: Run, records: list, log) -> None:
   """Plain SGD on λΩ(θ−θ*)² is unstable once lr·λ·Ω > 1 (BUILD_NOTES, "Online EWC can
   diverge"): said before the next task starts. No clamping: the method stays faithful."""
   for record in records:
     for s, value in enumerate(record["max_lr_strength_importance"]):
-      if value > 1:
+      if value > STABILITY_BOUND:
         log(f"WARNING: after task {record['task']}, seed {run.seeds[s]}: lr·λ·Ω = "
             f"{value:.3g} > 1 in {record['largest_layer'][s]}: plain SGD on the penalty is "
             f"unstable there and the next task may diverge")

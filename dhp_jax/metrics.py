@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 import numpy as np
-from scipy import stats   # a dependency of jax
 
 
 def _check_matrix(accuracy_matrix) -> np.ndarray:
@@ -75,6 +74,7 @@ def paired_difference(first: Mapping[int, float], second: Mapping[int, float]) -
     ValueError when fewer than two seeds are shared: there is no SEM and no interval
     (callers skip the pair).
   """
+  from scipy import stats   # a dependency of jax; slow to import, needed only here
   seeds = sorted(set(first) & set(second))
   if len(seeds) < 2:
     raise ValueError(f"first and second must share at least 2 seeds, got {len(seeds)} "

@@ -14,7 +14,10 @@ import jax.numpy as jnp
 
 from dhp_jax import layers
 
-HEADS = ("dhp", "softmax", "matched")
+# The output heads by name ('matched' = the paper's capacity-matched baseline).
+HEAD_MODULES = {"dhp": layers.DHPSoftmax, "softmax": layers.Softmax,
+                "matched": layers.MatchedSoftmax}
+HEADS = tuple(HEAD_MODULES)
 
 # PyTorch's kaiming_uniform_(a=√5) default is U(±1/√fan_in) = variance_scaling(1/3).
 torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -23,16 +26,15 @@ torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "unifo
 def make_head(head: str, num_classes: int, *, eta_init: float = 1e-3,
               alpha_scale: float = 0.01, theta_init: str = "author",
               use_bias: bool = False, name: str = "head") -> nn.Module:
-  """The output head named ``head`` ('dhp' | 'softmax' | 'matched')."""
-  if head == "dhp":
-    return layers.DHPSoftmax(num_classes, eta_init=eta_init, alpha_scale=alpha_scale,
-                             theta_init=theta_init, use_bias=use_bias, name=name)
-  if head == "matched":
-    return layers.MatchedSoftmax(num_classes, theta_init=theta_init, use_bias=use_bias,
-                                 name=name)
-  if head == "softmax":
-    return layers.Softmax(num_classes, theta_init=theta_init, use_bias=use_bias, name=name)
-  raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+  """The output head named ``head`` (one of ``HEADS``); a plain head ignores the DHP
+  hyperparameters η₀ and α scale."""
+  if head not in HEAD_MODULES:
+    raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+  module = HEAD_MODULES[head]
+  options = dict(eta_init=eta_init, alpha_scale=alpha_scale, theta_init=theta_init,
+                 use_bias=use_bias)
+  return module(num_classes, name=name,
+                **{k: v for k, v in options.items() if k in module.__dataclass_fields__})
 
 
 class MLP(nn.Module):

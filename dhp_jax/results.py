@@ -102,10 +102,28 @@ def merge_seed_runs(first: dict, second: dict) -> dict:
             "completed_tasks": longer["completed_tasks"], "per_seed": per_seed,
             "trace": trace, "wall_time_s": round((first.get("wall_time_s") or 0)
                                                  + (second.get("wall_time_s") or 0), 1)}
+  stability = _merge_stability(first, a["num_seeds"], second, b["num_seeds"])
+  if stability:
+    merged["penalty_stability"] = stability
   merged.pop("diverged", None)
   if all("diverged" in e for e in per_seed):
     merged["diverged"] = {**longer["diverged"], "seeds": [e["seed"] for e in per_seed]}
   merged["mean"], merged["sem"] = summarize(per_seed)
+  return merged
+
+
+def _merge_stability(first: dict, first_seeds: int, second: dict, second_seeds: int) -> list:
+  """The two runs' per-task ``penalty_stability`` records side by side (None for the
+  seeds of a run that has no record of that task: it stopped, or predates the record)."""
+  by_task = [{r["task"]: r for r in run.get("penalty_stability", [])}
+             for run in (first, second)]
+  merged = []
+  for task in sorted(set(by_task[0]) | set(by_task[1])):
+    record = {"task": task}
+    for field in ("max_lr_strength_importance", "largest_layer"):
+      record[field] = [v for records, n in zip(by_task, (first_seeds, second_seeds))
+                       for v in records.get(task, {}).get(field, [None] * n)]
+    merged.append(record)
   return merged
 
 

@@ -62,7 +62,12 @@ def seed_jit(fn: Callable, in_axes, *, xla_defaults: bool = False, **jit_kwargs)
 
 def base_keys(seeds: Sequence[int]) -> jax.Array:
   """[S] typed PRNG keys, ``key(s)`` for each seed s."""
-  return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+  return _keys(np.asarray(seeds, np.uint32))
+
+
+@jax.jit
+def _keys(seeds):   # one program instead of two op-by-op dispatches
+  return jax.vmap(jax.random.key)(seeds)
 
 
 @jax.jit

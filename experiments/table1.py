@@ -237,7 +237,8 @@ def load_runs(bench_dir: str, rows) -> dict:
 
 
 def write_tables(bench_dir: str, benchmark: str, preset: str, rows) -> Optional[dict]:
-  """(Re)writes table1.md/json and the figures of one benchmark from what is on disk."""
+  """(Re)writes table1.md/json, the figures and instability.md/json (the DHP + MAS and
+  Online EWC rows' per-seed evidence) of one benchmark from what is on disk."""
   runs = load_runs(bench_dir, rows)
   if not runs:
     return None
@@ -251,6 +252,8 @@ def write_tables(bench_dir: str, benchmark: str, preset: str, rows) -> Optional[
       plotting.plot_plasticity_per_seed(
           {ROWS[row].label: runs[row] for row in figure_rows}, os.path.join(bench_dir, name),
           f"{benchmark} ({preset}), one line per seed")
+  from experiments import instability
+  instability.write_instability(bench_dir)
   return entry
 
 
@@ -303,6 +306,12 @@ def write_side_by_side(out_root: str) -> None:
     store.write_text_atomic(os.path.join(out_root, "table1.md"), text)
 
 
+def rows_on_disk(bench_dir: str) -> list:
+  """The rows recorded under ``bench_dir``, in table order: a table shows every row run,
+  not only those of the latest command."""
+  return [row for row in ROWS if os.path.isdir(os.path.join(bench_dir, row))]
+
+
 def refresh_tables(out_root: str) -> list:
   """Rewrites every recorded table under ``out_root`` from its rows' results (no
   training); returns the benchmark directories rewritten."""
@@ -310,7 +319,7 @@ def refresh_tables(out_root: str) -> list:
   for table in TABLES:
     for preset in PRESET_NAMES:
       bench_dir = os.path.join(out_root, f"{table}_{preset}")
-      rows = [row for row in ROWS if os.path.isdir(os.path.join(bench_dir, row))]
+      rows = rows_on_disk(bench_dir)
       if rows and write_tables(bench_dir, table, preset, rows) is not None:
         written.append(bench_dir)
   write_side_by_side(out_root)
@@ -358,8 +367,8 @@ def run_table(benchmarks, rows, preset, num_seeds, out_root, *, seed=0, data_dir
         print(f"{row_label(config)}: {e}", flush=True)
         continue
       print(results_lib.summary_line(config, results), flush=True)
-      write_tables(bench_dir, benchmark, preset, rows)
-    entry = write_tables(bench_dir, benchmark, preset, rows)
+      write_tables(bench_dir, benchmark, preset, rows_on_disk(bench_dir))
+    entry = write_tables(bench_dir, benchmark, preset, rows_on_disk(bench_dir))
     if entry is not None:
       tables[benchmark] = entry
       print(markdown(benchmark, entry))

@@ -119,6 +119,26 @@ def test_merging_a_run_whose_seeds_all_diverged_keeps_them_out_of_the_mean():
     results_lib.merge_seed_runs(run(0, 0.5, 1), run(1, 0.9, 2))
 
 
+def test_merging_keeps_every_seeds_stability_record():
+  def run(seed, num_seeds, values, tasks=2):
+    config = config_lib.make_config("permuted_mnist", "quick", "online_ewc", num_tasks=tasks,
+                                    seed=seed, num_seeds=num_seeds).to_json()
+    per_seed = [{"seed": seed + i, "avg_accuracy": 0.5, "bwt": 0.0} for i in range(num_seeds)]
+    stability = [{"task": t + 1, "max_lr_strength_importance": v, "largest_layer": ["k"] * len(v)}
+                 for t, v in enumerate(values)]
+    return {"config": config, "completed_tasks": tasks, "num_tasks": tasks, "per_seed": per_seed,
+            "trace": {"eta": [[0.1] * num_seeds] * tasks, "task": list(range(tasks))},
+            **({"penalty_stability": stability} if values else {})}
+
+  merged = results_lib.merge_seed_runs(run(0, 1, [[0.5], [1.5]]), run(1, 2, [[0.2, 0.3]]))
+  assert merged["penalty_stability"] == [
+      {"task": 1, "max_lr_strength_importance": [0.5, 0.2, 0.3], "largest_layer": ["k"] * 3},
+      {"task": 2, "max_lr_strength_importance": [1.5, None, None],
+       "largest_layer": ["k", None, None]}]
+  older = results_lib.merge_seed_runs(run(0, 1, []), run(1, 1, [[0.2], [0.4]]))
+  assert older["penalty_stability"][1]["max_lr_strength_importance"] == [None, 0.4]
+
+
 def test_sharded_seeds_equal_one_device(tmp_path, mnist):
   one, _ = _run(tmp_path, "one", "--num_seeds=4", "--method=si")
   out = str(tmp_path / "sharded")

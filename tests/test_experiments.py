@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from dhp_jax import plotting, training
+from dhp_jax import config as config_lib
+from dhp_jax import engine, plotting, results as results_lib
 from experiments import eta_sweep, table1
 
 
@@ -12,7 +13,7 @@ def _fake_results(config, accs):
   """A finished results.json payload whose seeds have final average accuracies ``accs``."""
   per_seed = [{"seed": s, "avg_accuracy": a, "bwt": -0.1, "avg_accuracy_curve": [0.99, a]}
               for s, a in enumerate(accs)]
-  mean, sem = training.summarize(per_seed)
+  mean, sem = results_lib.summarize(per_seed)
   return {"config": config.to_json(), "completed_tasks": 2, "num_tasks": 2,
           "notes": ["a data note"], "per_seed": per_seed, "mean": mean, "sem": sem,
           "trace": {"eta": [], "hebb_norm": [], "alpha_norm": [], "task": []},
@@ -61,7 +62,7 @@ def _diverge_seed(bench_dir, row, seed):
     results = json.load(f)
   entry = next(e for e in results["per_seed"] if e["seed"] == seed)
   entry.update(avg_accuracy=0.5, diverged={"task": 2, "epoch": 1, "quantities": ["loss"]})
-  results["mean"], results["sem"] = training.summarize(results["per_seed"])
+  results["mean"], results["sem"] = results_lib.summarize(results["per_seed"])
   with open(path, "w") as f:
     json.dump(results, f)
 
@@ -161,24 +162,24 @@ def test_opt_in_eta_projection_row():
   assert len(table1.DEFAULT_ROWS) == 10 and "dhp_eta_projected" not in table1.DEFAULT_ROWS
   config = table1.row_config("vision_mixture", "quick", "dhp_eta_projected")
   assert (config.head, config.eta_constraint, config.eta_init) == ("dhp", "project", 1e-4)
-  assert training.row_label(config) == "DHP Softmax (η projected into [0, 1])"
+  assert config_lib.row_label(config) == "DHP Softmax, η projected into [0, 1] (control)"
 
 
 def test_opt_in_online_ewc_variant_rows():
   config = table1.row_config("imbalanced_permuted_mnist", "quick", "dhp+online_ewc_gamma0.9")
   assert (config.head, config.ewc_gamma, config.fisher_mode, config.strength) == \
       ("dhp", 0.9, "exact", 400.0)
-  assert training.row_label(config) == "DHP Softmax + Online EWC (γ = 0.9)"
+  assert config_lib.row_label(config) == "DHP Softmax + Online EWC, γ = 0.9 (variant)"
   config = table1.row_config("imbalanced_permuted_mnist", "quick", "online_ewc_empirical")
   assert (config.head, config.ewc_gamma, config.fisher_mode) == ("matched", 1.0, "empirical")
-  assert training.row_label(config) == "Online EWC (empirical Fisher)"
+  assert config_lib.row_label(config) == "Online EWC, empirical Fisher (variant)"
   assert not set(table1.DEFAULT_ROWS) & {"online_ewc_gamma0.9", "online_ewc_empirical"}
   config = table1.row_config("imbalanced_permuted_mnist", "quick", "dhp+online_ewc_lambda100")
-  assert training.row_label(config) == "DHP Softmax + Online EWC (λ = 100)"
-  assert table1._BASELINE_OF["dhp+online_ewc_lambda100"] == "online_ewc_lambda100"
-  assert table1._BASELINE_OF["dhp+mas_eta_projected"] == "mas"
+  assert config_lib.row_label(config) == "DHP Softmax + Online EWC, λ = 100 (variant)"
+  assert config_lib.BASELINE_OF["dhp+online_ewc_lambda100"] == "online_ewc_lambda100"
+  assert config_lib.BASELINE_OF["dhp+mas_eta_projected"] == "mas"
   config = table1.row_config("permuted_mnist", "paper", "dhp+mas_eta_projected")
-  assert training.row_label(config) == "DHP Softmax (η projected into [0, 1]) + MAS"
+  assert config_lib.row_label(config) == "DHP Softmax + MAS, η projected into [0, 1] (control)"
 
 
 def test_class_incremental_split_mnist_is_its_own_table_without_paper_numbers(tmp_path):
@@ -239,7 +240,7 @@ def test_a_row_with_one_diverged_seed_shows_the_mean_of_the_others(tmp_path):
   results["per_seed"][2] = {"seed": 2, "diverged": {"task": 2, "epoch": 1,
                                                     "quantities": ["loss"]},
                             "avg_accuracy": 0.5, "bwt": 0.0, "avg_accuracy_curve": [0.5]}
-  results["mean"], results["sem"] = training.summarize(results["per_seed"])
+  results["mean"], results["sem"] = results_lib.summarize(results["per_seed"])
   bench_dir = os.path.join(str(tmp_path), "split_mnist_quick")
   os.makedirs(os.path.join(bench_dir, "online_ewc"))
   with open(os.path.join(bench_dir, "online_ewc", "results.json"), "w") as f:
@@ -264,7 +265,7 @@ def test_a_row_that_diverges_does_not_stop_the_table(tmp_path):
   def train(config, row_dir, **kwargs):
     trained.append(config.method)
     if config.method == "si":
-      raise training.NonFiniteError("non-finite loss in task 2, epoch 1")
+      raise engine.NonFiniteError("non-finite loss in task 2, epoch 1")
     os.makedirs(row_dir)
     results = _fake_results(config, [0.9])
     with open(os.path.join(row_dir, "results.json"), "w") as f:

@@ -172,6 +172,22 @@ def _interceptors(local: bool, layer_outputs: list, head_seen: list, shortcut):
   return stack
 
 
+def _shortcut_statistic(call: _Shortcut, a, delta, leaves, phi, weighted) -> tuple:
+  """One sample's (left, right, bias) factors of a shortcut call's statistic.
+
+  ``a``: the call's input [1, ...]; ``delta`` [K, out] / [K, H', W', out]: the
+  cotangents at its output. Dense: the kernel's statistic is φ(a)ᵀ·Σ_k w φ(δ_k), formed
+  after the batch sum; Conv: Σ_k w φ(patchesᵀ·δ_k) directly (left is None).
+  """
+  if call.conv is None:
+    return phi(a[0]), weighted(delta), weighted(delta)
+  strides, padding, _, dilation = call.conv
+  patches = models.conv_patches(a, jnp.shape(leaves[call.kernel])[:2], strides,
+                                padding, dilation)[0]       # [H', W', kh, kw, C]
+  kernel_grads = jnp.einsum("hwijc,khwo->kijco", patches, delta)
+  return None, weighted(kernel_grads), weighted(delta.sum((1, 2)))
+
+
 def per_sample_statistic(out_fn: Callable, cotangent_fn: Callable, phi: Callable,
                           params: PyTree, images: jax.Array, index: jax.Array,
                           valid: jax.Array, extras: PyTree, *, local: bool) -> PyTree:
@@ -214,18 +230,9 @@ def per_sample_statistic(out_fn: Callable, cotangent_fn: Callable, phi: Callable
     weights = weights * weight
     grads, deltas = jax.vmap(vjp_fn)(cotangents)
     weighted = lambda g: jnp.tensordot(weights, phi(g), axes=1)
-    stats = []
-    for call, a, delta in zip(calls, inputs, deltas):
-      delta = delta[:, 0]                                      # [K, out] / [K, H', W', out]
-      if call.conv is None:    # kernel from (φ(a), Σ_k w φ(δ_k)) after the batch sum
-        stats.append((phi(a[0]), weighted(delta), weighted(delta)))
-      else:
-        strides, padding, _, dilation = call.conv
-        patches = models.conv_patches(a, jnp.shape(leaves[call.kernel])[:2], strides,
-                                      padding, dilation)[0]       # [H', W', kh, kw, C]
-        kernel_grads = jnp.einsum("hwijc,khwo->kijco", patches, delta)
-        stats.append((None, weighted(kernel_grads), weighted(delta.sum((1, 2)))))
-    return [weighted(g) for g in grads], stats
+    return [weighted(g) for g in grads], [
+        _shortcut_statistic(call, a, delta[:, 0], leaves, phi, weighted)
+        for call, a, delta in zip(calls, inputs, deltas)]
 
   def body(total, batch):
     idx, ok = batch
