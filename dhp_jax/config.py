@@ -20,17 +20,15 @@ ETA_CONSTRAINTS = ("none", "project")    # 'project': stored η clipped into [0,
 # settings, what 'quick' changes (only the epochs, to fit a 2-core CPU), and each
 # consolidation method's λ (``strength``) and SI ξ (``si_xi``). 'ewc' has no column in
 # the paper: it uses the Online EWC λ.
+_PERMUTED_PAPER = dict(num_tasks=10, epochs=20, batch_size=64, lr=0.01, eta_init=1e-3,
+                       hidden=(400, 400))   # both permuted benchmarks
 BENCHMARK_PRESETS = {
     "permuted_mnist": {
-        "paper": dict(num_tasks=10, epochs=20, batch_size=64, lr=0.01, eta_init=1e-3,
-                      hidden=(400, 400)),
-        "quick": dict(epochs=1),
+        "paper": _PERMUTED_PAPER, "quick": dict(epochs=1),
         "methods": {"online_ewc": dict(strength=100.0), "ewc": dict(strength=100.0),
                     "si": dict(strength=0.1, si_xi=0.1), "mas": dict(strength=0.1)}},
     "imbalanced_permuted_mnist": {
-        "paper": dict(num_tasks=10, epochs=20, batch_size=64, lr=0.01, eta_init=1e-3,
-                      hidden=(400, 400)),
-        "quick": dict(epochs=1),
+        "paper": _PERMUTED_PAPER, "quick": dict(epochs=1),
         "methods": {"online_ewc": dict(strength=400.0), "ewc": dict(strength=400.0),
                     "si": dict(strength=1.0, si_xi=0.1), "mas": dict(strength=0.1)}},
     "split_mnist": {

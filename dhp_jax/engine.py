@@ -172,13 +172,25 @@ def _init_or_restore(run: Run, out_dir, *, resume: bool, restart: bool, log) -> 
           f"{out_dir} already holds a run (task {commit.task}/"
           f"{commit.results.get('num_tasks')}): pass --resume to continue it or "
           f"--restart to start it over")
-    if commit is None and resume:
+    if commit is not None and resume and _without_state(commit, config):
+      log(f"{out_dir} holds tasks 1-{commit.task} of this run but no checkpoint to resume "
+          f"from (checkpoints are not kept in git): starting it over")
+      store.clear(out_dir)
+      commit = None
+    elif commit is None and resume:
       log(f"nothing to resume in {out_dir} yet; starting from task 1")
   if commit is None:
     num_tasks = config.num_tasks
     return Progress(state, np.full((config.num_seeds, num_tasks, num_tasks), np.nan),
                     _evaluate_all(run, state), _empty_trace(), {}, [], 0, 0.0)
   return _restored(run, out_dir, commit, state, log)
+
+
+def _without_state(commit: store.Commit, config: Config) -> bool:
+  """An unfinished run of ``config`` whose state is gone (e.g. a fresh clone)."""
+  return (commit.state_path is None
+          and config_lib.config_matches(commit.results.get("config", {}), config)
+          and not store.is_finished(commit.results, config.num_seeds))
 
 
 def _empty_trace() -> dict:

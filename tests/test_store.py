@@ -226,3 +226,15 @@ def test_penalty_stability_is_recorded_and_warned_before_the_next_task(tmp_path,
   warned = [line for line in said if line.startswith("WARNING: after task 1")]
   assert warned and all("> 1 in " in line for line in warned)
   assert first["max_lr_strength_importance"][0] > 1
+
+
+def test_an_unfinished_run_without_its_checkpoint_starts_over(tmp_path, uninterrupted):
+  """A fresh clone holds results.json files but no checkpoints (not kept in git)."""
+  out = str(tmp_path / "cloned")
+  engine.train_and_evaluate(TINY, out, progress=False, stop_after_task=1)
+  os.rename(os.path.join(out, store.COMMITS), os.path.join(out, "not_in_git"))
+  said = []
+  resumed = engine.train_and_evaluate(TINY, out, progress=False, resume=True,
+                                      log=said.append)
+  assert any("no checkpoint to resume from" in line for line in said)
+  assert _numbers(resumed) == _numbers(uninterrupted)
