@@ -1,6 +1,6 @@
 """dhp_jax: Differentiable Hebbian Consolidation for continual learning in JAX/Flax."""
 from dhp_jax import (benchmarks, config, consolidation, data, engine, metrics, models,
-                     nnx, results, seeds, store, training)
+                     results, seeds, store, training)
 from dhp_jax.config import Config, make_config
 from dhp_jax.consolidation import (fisher_diagonal, mas_importance, mas_local_importance,
                                    quadratic_penalty, set_penalty, si_importance,
@@ -14,3 +14,11 @@ from dhp_jax.models import CNN, MLP, make_head, restrict_logits
 from dhp_jax.store import StoreError
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+  # ``dhp_jax.nnx`` on first use: flax.nnx is a second import a linen-only run never needs.
+  if name == "nnx":
+    import importlib
+    return importlib.import_module("dhp_jax.nnx")
+  raise AttributeError(f"module 'dhp_jax' has no attribute {name!r}")

@@ -285,20 +285,21 @@ def _record_nonfinite(run: Run, done: Progress, finite: dict, diverged: dict, t:
 
 def _consolidate_task(run: Run, done: Progress, t: int, task_start_params) -> Progress:
   """The method's task-end bookkeeping, and the stability of SGD on its new penalty."""
+  if not consolidation.METHODS[run.config.method].penalised:
+    return done   # nothing to do at a task's end (and no program to compile)
   keys = seeds_lib.put(seeds_lib.consolidation_keys(seeds_lib.task_keys(run.keys, t)),
                        run.sharding)
   state = run.programs.consolidate(run.tasks[t].output_slice)(
       done.state, task_start_params, run.train_splits[t], run.perms[t], keys)
-  stability = done.stability
-  if consolidation.METHODS[run.config.method].penalised:
-    strength_lr = run.config.strength * run.config.lr
-    per_leaf = jax.device_get(_largest_importance(state.opt_state, state.params))
-    stability = stability + [{
-        "task": t + 1, "max_lr_strength_importance":
-            [float(strength_lr * max(v[s] for v in per_leaf.values()))
-             for s in range(len(run.seeds))],
-        "largest_layer": [max(per_leaf, key=lambda k: per_leaf[k][s])
-                          for s in range(len(run.seeds))]}]
+  strength_lr = run.config.strength * run.config.lr
+  per_leaf = jax.device_get(_largest_importance(state.opt_state, state.params))
+  record = {"task": t + 1,
+            "max_lr_strength_importance": [float(strength_lr * max(v[s] for v in
+                                                                    per_leaf.values()))
+                                           for s in range(len(run.seeds))],
+            "largest_layer": [max(per_leaf, key=lambda k: per_leaf[k][s])
+                              for s in range(len(run.seeds))]}
+  stability = done.stability + [record]
   return done._replace(state=state, stability=stability)
 
 

@@ -118,8 +118,12 @@ def main(run: Callable[[flags.FlagValues], object], define: Callable[[flags.Flag
   fv = fv or flags.FlagValues()
   define(fv)
   define_run_flags(fv)
+  argv = list(argv if argv is not None else sys.argv)
+  if {"--help", "-h", "--helpfull"} & set(argv[1:]):
+    print(fv.get_help())
+    sys.exit(0)
   try:
-    fv(list(argv if argv is not None else sys.argv))
+    fv(argv)
   except flags.Error as e:
     sys.exit(f"error: {e}\nPass --help for the flags.")
   logging.set_verbosity(logging.WARNING)   # orbax logs every checkpoint at INFO

@@ -83,4 +83,4 @@ def test_bad_flags_fail_before_any_process_starts(argv, match):
   startup.define_flags(fv)
   fv(["startup.py", *argv])
   with pytest.raises(app.UsageError, match=match):
-    startup.main([], fv)
+    startup.run(fv)
