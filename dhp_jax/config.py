@@ -261,7 +261,7 @@ def row_label(config: Config) -> str:
     return label + (" (dense θ init)" if config.theta_init == "dense" else "")
   dhp = ("DHP Softmax" + (" (α frozen at 0)" if config.freeze_alpha else "")
          + (" (η projected into [0, 1])" if config.eta_constraint == "project" else ""))
-  if config.method == "finetune":
+  if not method.penalised:   # plain fine-tuning: the head is the whole story
     return dhp + label[len(method.label):]   # the changed hyperparameters, if any
   return f"{dhp} + {label}"
 
