@@ -27,6 +27,27 @@ GOLDEN_CONFIGS = {
 COMMON = dict(num_tasks=2, epochs=1, num_seeds=2, train_subset=1024, lr=0.05)
 
 
+def machine() -> dict:
+  """What decides float rounding: the CPU (model and instruction-set flags: XLA picks
+  kernels by them) and the JAX/jaxlib versions. On another machine XLA may round
+  differently, which is not a change of numbers."""
+  import hashlib
+
+  import jax
+  import jaxlib
+
+  info = {}
+  if os.path.exists("/proc/cpuinfo"):
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+  flags = " ".join(sorted(info.get("flags", "").split()))
+  return {"cpu": info.get("model name", ""),
+          "cpu_flags_sha256": hashlib.sha256(flags.encode()).hexdigest()[:16],
+          "jax": jax.__version__, "jaxlib": jaxlib.__version__}
+
+
 def golden_config(name):
   from dhp_jax import make_config
   benchmark, method, extra = GOLDEN_CONFIGS[name]
@@ -42,6 +63,8 @@ def main():
     with open(os.path.join(HERE, f"{name}.json"), "w") as f:
       json.dump(results, f, indent=1)
     print(name, results["mean"])
+  with open(os.path.join(HERE, "MACHINE.json"), "w") as f:
+    json.dump(machine(), f, indent=1)
 
 
 if __name__ == "__main__":
