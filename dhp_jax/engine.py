@@ -194,7 +194,7 @@ def _without_state(commit: store.Commit, config: Config) -> bool:
 
 
 def _empty_trace() -> dict:
-  return {"eta": [], "hebb_norm": [], "alpha_norm": [], "epoch_loss": [], "task": []}
+  return {name: [] for name in (*results_lib.TRACE_QUANTITIES, "task")}
 
 
 def _restored(run: Run, out_dir: str, commit: store.Commit, target, log) -> Progress:

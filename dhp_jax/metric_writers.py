@@ -16,10 +16,13 @@ from typing import Sequence
 
 import numpy as np
 
+from dhp_jax import results
+
 CSV_NAME = "metrics.csv"
 CSV_COLUMNS = ("run", "seed", "task", "epoch", "metric", "value")
-EPOCH_METRICS = {"epoch_loss": "train/loss", "eta": "plasticity/eta",
-                 "hebb_norm": "plasticity/hebb_norm", "alpha_norm": "plasticity/alpha_norm"}
+# The trace's per-epoch quantities (``results.TRACE_QUANTITIES``) → TensorBoard tags.
+EPOCH_METRICS = {name: "train/loss" if name == "epoch_loss" else f"plasticity/{name}"
+                 for name in results.TRACE_QUANTITIES}
 AVERAGE_ACCURACY = "test/average_accuracy"
 
 

@@ -15,6 +15,10 @@ import numpy as np
 from dhp_jax import config as config_lib
 from dhp_jax import metrics
 
+# The per-epoch quantities of ``trace`` (one value per seed each): the DHP head's η,
+# ‖Hebb‖_F and ‖α‖_F (``training.plasticity_stats``) and the epoch's training loss.
+TRACE_QUANTITIES = ("eta", "hebb_norm", "alpha_norm", "epoch_loss")
+
 
 def summarize(per_seed: list) -> tuple[dict, dict]:
   """Mean and SEM over the seeds that did not diverge (their numbers would stop earlier)."""
