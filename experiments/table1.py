@@ -257,9 +257,8 @@ def write_tables(bench_dir: str, benchmark: str, preset: str, rows) -> Optional[
   return entry
 
 
-def side_by_side(out_root: str) -> Optional[str]:
-  """Table I's layout over every ``<out_root>/<benchmark>_<preset>/table1.json``: one
-  column per recorded benchmark and preset, cells "ours (paper)"; None when none exist."""
+def _recorded_tables(out_root: str) -> list:
+  """(benchmark, preset, table1.json entry) of every table under ``out_root``."""
   columns = []
   for benchmark in TABLES:
     for preset in PRESET_NAMES:
@@ -267,6 +266,37 @@ def side_by_side(out_root: str) -> Optional[str]:
       if os.path.exists(path):
         with open(path) as f:
           columns.append((benchmark, preset, json.load(f)[benchmark]))
+  return columns
+
+
+def paired_side_by_side(columns: list) -> str:
+  """The paired differences of every recorded table side by side: one column per table,
+  one line per pair, cells "mean [95 % CI] wins/n" (points); "—" where no interval."""
+  pairs = list(dict.fromkeys(key for *_, e in columns for key in e.get("paired", {})))
+  if not pairs:
+    return ""
+
+  def cell(entry, key):
+    d = entry.get("paired", {}).get(key)
+    if d is None:
+      return "—"
+    return f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] {d['wins']}/{d['n']}"
+
+  lines = ["| pair (points) | " + " | ".join(f"{b} ({p})" for b, p, _ in columns) + " |",
+           "|---" * (len(columns) + 1) + "|"]
+  lines += [f"| {key} | " + " | ".join(cell(e, key) for *_, e in columns) + " |"
+            for key in pairs]
+  return ("\nPaired differences of the final average accuracy, first − second row, over "
+          "the seeds both finished (diverged seeds excluded): mean [95 % Student-t "
+          "interval], seeds where the first row is higher / seeds.\n\n"
+          + "\n".join(lines) + "\n")
+
+
+def side_by_side(out_root: str) -> Optional[str]:
+  """Table I's layout over every ``<out_root>/<benchmark>_<preset>/table1.json``: one
+  column per recorded benchmark and preset, cells "ours (paper)", then the paired
+  differences (``paired_side_by_side``); None when no table exists."""
+  columns = _recorded_tables(out_root)
   if not columns:
     return None
 
@@ -297,7 +327,8 @@ def side_by_side(out_root: str) -> Optional[str]:
   lines += [f"| {ROWS[row].label} | " + " | ".join(cell(e, row) for _, _, e in columns) + " |"
             for row in shown]
   return ("Average test accuracy % after the last task, mean ± SEM over seeds; the "
-          "paper's value in parentheses.\n\n" + "\n".join(lines) + "\n")
+          "paper's value in parentheses.\n\n" + "\n".join(lines) + "\n"
+          + paired_side_by_side(columns))
 
 
 def write_side_by_side(out_root: str) -> None:

@@ -327,3 +327,14 @@ def test_more_seeds_train_only_the_missing_ones_and_merge(tmp_path):
   assert merged["config"]["num_seeds"] == 3 and merged["wall_time_s"] == 120.0
   table1.run_table(["split_mnist"], ["finetune"], "quick", 3, str(tmp_path),
                    train=_must_not_train)   # now complete
+
+
+def test_side_by_side_shows_the_paired_intervals_of_every_table(tmp_path):
+  _write_tree(str(tmp_path), {"finetune": [0.90, 0.92, 0.91], "dhp": [0.95, 0.96, 0.97]})
+  table1.run_table(["split_mnist"], ["finetune", "dhp"], "quick", 3, str(tmp_path),
+                   train=_must_not_train)
+  with open(tmp_path / "table1.md") as f:
+    md = f.read()
+  # DHP − Finetune per seed: +5, +4, +6 points -> mean +5, SEM 0.577, t(0.975, 2) = 4.303.
+  assert "| pair (points) | split_mnist (quick) |" in md
+  assert "| dhp - finetune | +5.00 [+2.52, +7.48] 3/3 |" in md
