@@ -37,7 +37,8 @@ COMMITS = "commits"
 RESULTS = "results.json"
 LOCK = ".lock"
 _LEGACY_CHECKPOINTS = ("checkpoint", "checkpoint.tmp", "checkpoint.old")
-RESTART_ADVICE = "to start that run over, delete the directory or rerun with --restart"
+RESTART_ADVICE = ("to start that run over, delete the directory (or rerun run.py with "
+                  "--restart)")
 
 
 class StoreError(Exception):
