@@ -65,6 +65,12 @@ def _write_file(path: str, text: str) -> None:
 
 def _rename(src: str, dst: str) -> None:
   os.replace(src, dst)
+  # The rename is the commit point: make it survive a power cut too, not just a kill.
+  folder = os.open(os.path.dirname(os.path.abspath(dst)), os.O_RDONLY)
+  try:
+    os.fsync(folder)
+  finally:
+    os.close(folder)
 
 
 def _remove_tree(path: str) -> None:
