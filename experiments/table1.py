@@ -25,7 +25,7 @@ if __package__ in (None, ""):   # run as a script: make `experiments` importable
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dhp_jax import engine, metrics, plotting, results as results_lib, store
-from experiments import cli
+from experiments import cli, instability
 from dhp_jax.config import (BASELINE_OF, DEFAULT_ROWS, PRESET_NAMES, ROWS, TABLES,
                             make_config, row_config, row_label, table_benchmark)
 
@@ -252,7 +252,6 @@ def write_tables(bench_dir: str, benchmark: str, preset: str, rows) -> Optional[
       plotting.plot_plasticity_per_seed(
           {ROWS[row].label: runs[row] for row in figure_rows}, os.path.join(bench_dir, name),
           f"{benchmark} ({preset}), one line per seed")
-  from experiments import instability
   instability.write_instability(bench_dir)
   return entry
 
