@@ -277,13 +277,19 @@ def test_a_row_that_diverges_does_not_stop_the_table(tmp_path):
   assert trained == ["si", "mas"] and set(tables["split_mnist"]["rows"]) == {"mas"}
 
 
-def test_side_by_side_table_over_recorded_benchmarks(tmp_path):
-  assert table1.side_by_side(str(tmp_path)) is None
-  _write_tree(str(tmp_path), {"finetune": [0.9], "dhp": [0.95]})
-  table1.run_table(["split_mnist"], ["finetune", "dhp"], "quick", 1, str(tmp_path),
+def _side_by_side_of(tmp_path, rows_accs) -> str:
+  """results/table1.md after tabling the fake Split MNIST rows ``rows_accs``."""
+  _write_tree(str(tmp_path), rows_accs)
+  seeds = len(next(iter(rows_accs.values())))
+  table1.run_table(["split_mnist"], list(rows_accs), "quick", seeds, str(tmp_path),
                    train=_must_not_train)
   with open(tmp_path / "table1.md") as f:
-    md = f.read()
+    return f.read()
+
+
+def test_side_by_side_table_over_recorded_benchmarks(tmp_path):
+  assert table1.side_by_side(str(tmp_path)) is None
+  md = _side_by_side_of(tmp_path, {"finetune": [0.9], "dhp": [0.95]})
   assert "| row | split_mnist (quick) |" in md
   assert "| scale | **2** (paper: 10) epochs/task, 2 tasks, 1 seed |" in md
   assert "| Finetune | 90.00 (90.43) |" in md and "| SI | not run |" in md
@@ -330,11 +336,7 @@ def test_more_seeds_train_only_the_missing_ones_and_merge(tmp_path):
 
 
 def test_side_by_side_shows_the_paired_intervals_of_every_table(tmp_path):
-  _write_tree(str(tmp_path), {"finetune": [0.90, 0.92, 0.91], "dhp": [0.95, 0.96, 0.97]})
-  table1.run_table(["split_mnist"], ["finetune", "dhp"], "quick", 3, str(tmp_path),
-                   train=_must_not_train)
-  with open(tmp_path / "table1.md") as f:
-    md = f.read()
+  md = _side_by_side_of(tmp_path, {"finetune": [0.90, 0.92, 0.91], "dhp": [0.95, 0.96, 0.97]})
   # DHP − Finetune per seed: +5, +4, +6 points -> mean +5, SEM 0.577, t(0.975, 2) = 4.303.
   assert "| pair (points) | split_mnist (quick) |" in md
   assert "| dhp - finetune | +5.00 [+2.52, +7.48] 3/3 |" in md
