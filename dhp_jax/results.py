@@ -61,6 +61,15 @@ def finite_or_none(values: list) -> list:
   return [v if np.isfinite(v) else None for v in values]
 
 
+def accuracy_by_seed(results: dict) -> tuple[dict, set]:
+  """{seed: final ACC %} of the seeds that finished, and the seeds that diverged."""
+  diverged = {e["seed"] for e in results["per_seed"] if "diverged" in e}
+  diverged |= set(results.get("diverged", {}).get("seeds", ()))
+  finished = {e["seed"]: 100 * e["avg_accuracy"] for e in results["per_seed"]
+              if e["seed"] not in diverged}
+  return finished, diverged
+
+
 def mark_stopped_seeds(run: dict) -> list:
   """Per-seed entries of a finished run, the seeds a run-wide divergence stopped marked
   as diverged in their own entry (as the engine marks a seed that diverged alone)."""

@@ -73,9 +73,10 @@ def _largest_drop(curve: list) -> Optional[dict]:
 
 def _finished_accuracy(results: Mapping) -> dict:
   """{seed: final ACC %} of the seeds that trained every task without diverging."""
-  return {e["seed"]: 100 * e["avg_accuracy"] for e in results_lib.mark_stopped_seeds(results)
-          if "diverged" not in e
-          and len(e.get("avg_accuracy_curve", ())) == results["num_tasks"]}
+  finished, _ = results_lib.accuracy_by_seed(results)
+  trained_all = {e["seed"] for e in results["per_seed"]
+                 if len(e.get("avg_accuracy_curve", ())) == results["num_tasks"]}
+  return {seed: acc for seed, acc in finished.items() if seed in trained_all}
 
 
 def _dhp_mas_row(results: Mapping, baseline: str, baseline_results) -> dict:

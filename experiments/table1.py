@@ -67,15 +67,6 @@ def _pair_key(first: str, second: str) -> str:
   return f"{first} - {second}"
 
 
-def _accuracy_by_seed(results: Mapping) -> tuple[dict, set]:
-  """{seed: final ACC %} of the seeds that finished, and the seeds that diverged."""
-  diverged = {e["seed"] for e in results["per_seed"] if "diverged" in e}
-  diverged |= set(results.get("diverged", {}).get("seeds", ()))
-  finished = {e["seed"]: 100 * e["avg_accuracy"] for e in results["per_seed"]
-              if e["seed"] not in diverged}
-  return finished, diverged
-
-
 def paired_entry(first: Mapping, second: Mapping) -> Optional[dict]:
   """ACC (points) of ``first`` − ``second`` (results payloads) over the seeds both finished.
 
@@ -84,7 +75,7 @@ def paired_entry(first: Mapping, second: Mapping) -> Optional[dict]:
   """
   if any(r["completed_tasks"] != r["num_tasks"] for r in (first, second)):
     return None
-  (a, a_diverged), (b, b_diverged) = _accuracy_by_seed(first), _accuracy_by_seed(second)
+  (a, a_diverged), (b, b_diverged) = results_lib.accuracy_by_seed(first), results_lib.accuracy_by_seed(second)
   if len(a.keys() & b.keys()) < 2:
     return None
   paired = metrics.paired_difference(a, b)
