@@ -48,9 +48,12 @@ PAPER = {
                        "dhp+online_ewc": (79.10, -0.04), "mas": (78.51, -0.05),
                        "dhp+mas": (80.66, -0.01)},
 }
-# Paired comparisons beyond DHP+X − X (``BASELINE_OF``): what learning α adds, and what
-# keeping η in [0, 1] changes. (first row, second row); an entry is first − second.
-_CONTROL_PAIRS = (("dhp", "dhp_frozen_alpha"), ("dhp_eta_projected", "dhp"),
+# Paired comparisons beyond DHP+X − X (``BASELINE_OF``): what learning α adds, what the
+# output layer's θ init does (the author's U(±1/√d) against the dense default, with and
+# without plasticity), and what keeping η in [0, 1] changes. (first row, second row); an
+# entry is first − second.
+_CONTROL_PAIRS = (("dhp", "dhp_frozen_alpha"), ("finetune", "finetune_dense"),
+                  ("dhp", "finetune_dense"), ("dhp_eta_projected", "dhp"),
                   ("dhp+mas_eta_projected", "dhp+mas"))
 # Fig. 3 files -> the rows overlaid in them (one line per seed); drawn when all are on disk.
 _PLASTICITY_FIGURES = {"plasticity.png": ("dhp",),

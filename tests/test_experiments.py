@@ -79,7 +79,8 @@ PAIRED_ROWS = {"finetune": [0.90, 0.92, 0.94], "dhp": [0.91, 0.94, 0.93],
                "si": [0.90, 0.91, 0.92], "dhp+si": [0.92, 0.925, 0.94],
                "mas": [0.95, 0.96, 0.97], "dhp+mas": [0.94, 0.95, 0.99],
                "dhp_frozen_alpha": [0.91, 0.94, 0.93],
-               "dhp+mas_eta_projected": [0.96, 0.97, 0.98]}
+               "dhp+mas_eta_projected": [0.96, 0.97, 0.98],
+               "finetune_dense": [0.88, 0.90, 0.95]}
 
 
 def test_paired_differences_in_json_exclude_diverged_seeds(tmp_path):
@@ -90,7 +91,8 @@ def test_paired_differences_in_json_exclude_diverged_seeds(tmp_path):
     paired = json.load(f)["split_mnist"]["paired"]
   assert set(paired) == {"dhp - finetune", "dhp+si - si", "dhp+mas - mas",
                          "dhp+mas_eta_projected - mas", "dhp - dhp_frozen_alpha",
-                         "dhp+mas_eta_projected - dhp+mas"}
+                         "dhp+mas_eta_projected - dhp+mas", "finetune - finetune_dense",
+                         "dhp - finetune_dense"}
   # DHP − Finetune per seed: +1, +2, −1 points; sample variance 7/3, so SEM √(7/9).
   sem = (7 / 9) ** 0.5
   dhp = paired["dhp - finetune"]
@@ -104,6 +106,8 @@ def test_paired_differences_in_json_exclude_diverged_seeds(tmp_path):
   assert mas["mean"] == pytest.approx(-1.0) and mas["ci95"] == pytest.approx([-1.0, -1.0])
   assert paired["dhp+mas_eta_projected - dhp+mas"]["excluded_diverged"] == [2]
   assert paired["dhp - dhp_frozen_alpha"]["wins"] == 0
+  init = paired["dhp - finetune_dense"]   # +3, +4, −2 points: the θ-init pair is read too
+  assert init["differences"] == pytest.approx([3.0, 4.0, -2.0]) and init["wins"] == 2
 
 
 def test_dhp_x_verdict_reads_the_paired_interval(tmp_path):
