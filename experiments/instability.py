@@ -98,8 +98,16 @@ def _dhp_mas_row(results: Mapping, baseline: str, baseline_results) -> dict:
   return {"baseline": baseline, "num_seeds": len(seeds), "eta_negative_seeds": eta_negative,
           "hebb_blowup_seeds": blown_up,
           "summary": f"η < 0 on {eta_negative} of {len(seeds)} seeds; ‖Hebb‖_F > "
-                     f"{HEBB_BLOWUP_NORM:g} on {blown_up} of {len(seeds)} seeds",
+                     f"{HEBB_BLOWUP_NORM:g} on {blown_up} of {len(seeds)} seeds"
+                     + _partial(results),
           "per_seed": seeds}
+
+
+def _partial(results: Mapping) -> str:
+  """"; partial: k/n tasks" for a row still training (its seeds stop early without having
+  diverged), else ""."""
+  done, total = results["completed_tasks"], results["num_tasks"]
+  return "" if done == total or "diverged" in results else f"; partial: {done}/{total} tasks"
 
 
 def _stability(records: list, column: int) -> Optional[list]:
@@ -135,6 +143,7 @@ def _online_ewc_row(results: Mapping) -> dict:
   if any(s["stability"] is None for s in seeds):
     summary += f"; lr·λ·Ω {NOT_RECORDED} on " \
                f"{sum(s['stability'] is None for s in seeds)} of {len(seeds)} seeds"
+  summary += _partial(results)
   config = config_lib.with_defaults(results["config"])
   return {"strength": config.get("strength"), "lr": config.get("lr"),
           "num_seeds": len(seeds), "diverged_seeds": len(diverged), "summary": summary,
@@ -257,12 +266,13 @@ def markdown(evidence: Mapping) -> str:
   return "\n".join(lines)
 
 
-def write_instability(bench_dir: str) -> Optional[dict]:
+def write_instability(bench_dir: str, rows=None) -> Optional[dict]:
   """Writes ``instability.json`` and ``instability.md`` into ``bench_dir`` from its rows'
-  results; returns the evidence (None, writing nothing, when no DHP + MAS or Online EWC
-  row is recorded there)."""
+  results (those in ``rows`` when given, as ``table1.md`` shows them); returns the
+  evidence (None, writing nothing, when no DHP + MAS or Online EWC row is recorded)."""
   runs = {row: store.read_results(os.path.join(bench_dir, row))
-          for row in DHP_MAS_ROWS + _DHP_MAS_BASELINES + ONLINE_EWC_ROWS}
+          for row in DHP_MAS_ROWS + _DHP_MAS_BASELINES + ONLINE_EWC_ROWS
+          if rows is None or row in rows}
   runs = {row: results for row, results in runs.items() if results is not None}
   if not any(row in runs for row in DHP_MAS_ROWS + ONLINE_EWC_ROWS):
     return None

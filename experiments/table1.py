@@ -246,7 +246,7 @@ def write_tables(bench_dir: str, benchmark: str, preset: str, rows) -> Optional[
       plotting.plot_plasticity_per_seed(
           {ROWS[row].label: runs[row] for row in figure_rows}, os.path.join(bench_dir, name),
           f"{benchmark} ({preset}), one line per seed")
-  instability.write_instability(bench_dir)
+  instability.write_instability(bench_dir, rows)
   return entry
 
 

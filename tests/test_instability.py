@@ -129,6 +129,17 @@ def test_seeds_a_merged_run_added_without_their_record_are_not_recorded():
   assert first["stability"][0]["value"] == 0.5 and second["stability"] is None
 
 
+def test_a_row_still_training_is_marked_partial():
+  run = _results([[0.9, 0.8], [0.9, 0.85]], stability=[
+      {"task": t, "max_lr_strength_importance": [0.1, 0.1], "largest_layer": ["b0", "b0"]}
+      for t in (1, 2)])
+  run["num_tasks"] = 10
+  evidence = _evidence({"online_ewc_batch": run, "dhp+mas": {**run, "trace": TRACE}})
+  assert evidence["online_ewc"]["rows"]["online_ewc_batch"]["summary"] == \
+      "diverged on 0 of 2 seeds; partial: 2/10 tasks"
+  assert evidence["dhp_mas"]["rows"]["dhp+mas"]["summary"].endswith("; partial: 2/10 tasks")
+
+
 def test_missing_rows():
   evidence = _evidence({"dhp+mas": _results([[0.9, 0.5]], TRACE)})
   assert list(evidence["dhp_mas"]["rows"]) == ["dhp+mas"]
@@ -155,3 +166,7 @@ def test_write_instability_writes_both_files_or_nothing(tmp_path):
     assert json.load(f) == evidence
   with open(os.path.join(bench_dir, "instability.md")) as f:
     assert "η < 0 on 1 of 2 seeds" in f.read()
+  # Restricted to the rows a table shows: a row left out is "not on disk" there too.
+  assert instability.write_instability(bench_dir, rows=["mas"]) is None
+  assert instability.write_instability(bench_dir, rows=["dhp+mas"])["dhp_mas"]["missing"] \
+      == ["dhp+mas_eta_projected", "mas"]
