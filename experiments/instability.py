@@ -111,11 +111,14 @@ def _partial(results: Mapping) -> str:
 
 
 def _stability(records: list, column: int) -> Optional[list]:
-  """One seed's largest lr·λ·Ω (and its layer) after each task; None without a record
-  (a run before the record, or the seeds a merged run added to such a run)."""
+  """One seed's largest lr·λ·Ω (and its layer) after each task; None without a record: a
+  run before the record, or a seed merged from such a run into one with it (its values
+  there are null on every task)."""
   kept = [r for r in records if column < len(r["max_lr_strength_importance"])]
+  if all(r["max_lr_strength_importance"][column] is None for r in kept):
+    return None
   return [{"task": r["task"], "value": _finite(r["max_lr_strength_importance"][column]),
-           "largest_layer": r["largest_layer"][column]} for r in kept] or None
+           "largest_layer": r["largest_layer"][column]} for r in kept]
 
 
 def _online_ewc_seed(entry: Mapping, records: list, column: int) -> dict:

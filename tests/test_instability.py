@@ -140,6 +140,20 @@ def test_a_row_still_training_is_marked_partial():
   assert evidence["dhp_mas"]["rows"]["dhp+mas"]["summary"].endswith("; partial: 2/10 tasks")
 
 
+def test_a_seed_from_a_run_before_the_record_merged_into_one_with_it_is_not_recorded():
+  # Seed 0 predates the record (null on every task) and diverged; seed 1 was added later.
+  stability = [{"task": t, "max_lr_strength_importance": [None, v],
+                "largest_layer": [None, "b0"]} for t, v in ((1, 0.5), (2, 1.1))]
+  run = _results([[0.9], [0.9, 0.8]], stability=stability,
+                 diverged={0: {"task": 2, "epoch": 1, "quantities": ["loss"]}})
+  row = instability.online_ewc_evidence({"online_ewc": run})["rows"]["online_ewc"]
+  first, second = row["per_seed"]
+  assert first["stability"] is None and first["over_bound_before_divergence"] is None
+  assert [r["value"] for r in second["stability"]] == [0.5, 1.1]
+  assert row["summary"] == ("diverged on 1 of 2 seeds; lr·λ·Ω not recorded (run before "
+                            "the stability record) on 1 of 2 seeds")
+
+
 def test_missing_rows():
   evidence = _evidence({"dhp+mas": _results([[0.9, 0.5]], TRACE)})
   assert list(evidence["dhp_mas"]["rows"]) == ["dhp+mas"]
