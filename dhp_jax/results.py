@@ -102,7 +102,13 @@ def merge_seed_runs(first: dict, second: dict) -> dict:
     if run["completed_tasks"] != run["num_tasks"] and "diverged" not in run:
       raise ValueError(f"merge_seed_runs: {name} run is unfinished "
                        f"({run['completed_tasks']}/{run['num_tasks']} tasks)")
-  per_seed = mark_stopped_seeds(first) + mark_stopped_seeds(second)
+  last_stop = _last_stop(first, second)
+  # The seeds of the last run-wide stop stay unmarked, as in the run that holds them:
+  # a row whose every seed diverged reports their numbers, after the last task done.
+  ended_last = [last_stop is not None and _when(run.get("diverged")) == _when(last_stop)
+                for run in (first, second)]
+  per_seed = [e for run, last in zip((first, second), ended_last)
+              for e in (run["per_seed"] if last else mark_stopped_seeds(run))]
   longer = max(first, second, key=lambda r: len(r["trace"]["task"]))
   trace = {"task": list(longer["trace"]["task"])}
   for key in first["trace"]:
@@ -119,10 +125,26 @@ def merge_seed_runs(first: dict, second: dict) -> dict:
   if stability:
     merged["penalty_stability"] = stability
   merged.pop("diverged", None)
-  if all("diverged" in e for e in per_seed):
-    merged["diverged"] = {**longer["diverged"], "seeds": [e["seed"] for e in per_seed]}
+  if last_stop:
+    merged["diverged"] = {**last_stop, "seeds": [e["seed"] for e in per_seed
+                                                 if "diverged" not in e]}
   merged["mean"], merged["sem"] = summarize(per_seed)
   return merged
+
+
+def _last_stop(first: dict, second: dict):
+  """The run-wide divergence that ended both runs' last seeds, or None while a seed of
+  either run finished. When both stopped, the later one (by task, then epoch) is the
+  merged run's: the earlier run's seeds count as seeds that diverged before it."""
+  stops = [run.get("diverged") for run in (first, second)]
+  if not all(stops):
+    return None
+  return max(stops, key=_when)
+
+
+def _when(stop) -> tuple:
+  """(task, epoch) of a run-wide divergence record; () for none."""
+  return (stop["task"], stop["epoch"]) if stop else ()
 
 
 def _merge_stability(first: dict, first_seeds: int, second: dict, second_seeds: int) -> list:

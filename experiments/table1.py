@@ -160,7 +160,8 @@ def _row_notes(r: Mapping) -> str:
     where = "; ".join(f"seed {d['seed']} in task {d['task']}, epoch {d['epoch']}"
                       for d in r["diverged_seeds"])
     before = "before that: " if "diverged" in r else "**diverged**: "
-    notes += f" ({before}{where}; mean over the other {r['num_seeds']} seeds)"
+    others = "seed" if r["num_seeds"] == 1 else f"{r['num_seeds']} seeds"
+    notes += f" ({before}{where}; mean over the other {others})"
   return notes
 
 

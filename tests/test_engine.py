@@ -113,6 +113,20 @@ def test_merging_a_run_whose_seeds_all_diverged_keeps_them_out_of_the_mean():
   assert "diverged" not in merged and merged["completed_tasks"] == 2
   assert merged["mean"]["avg_accuracy"] == 0.9
   assert merged["trace"]["eta"] == [[0.1, 0.1], [None, 0.1]]
+  # Every seed diverged: as one run of both seeds would record it, the later stop is the
+  # run-wide one and its seed's numbers (after its last task) are the row's.
+  early = {"task": 2, "epoch": 1, "quantities": ["loss"], "seeds": [1]}
+  late = {"task": 2, "epoch": 3, "quantities": ["Hebb trace"], "seeds": [0]}
+  for first, second, last_seed in ((run(0, 0.5, 1, late), run(1, 0.9, 1, early), 0),
+                                   (run(0, 0.9, 1, early | {"seeds": [0]}),
+                                    run(1, 0.5, 1, late | {"seeds": [1]}), 1)):
+    merged = results_lib.merge_seed_runs(first, second)
+    assert merged["diverged"] == late | {"seeds": [last_seed]}
+    assert merged["completed_tasks"] == 1 and merged["mean"]["avg_accuracy"] == 0.5
+    assert [("diverged" in e) for e in merged["per_seed"]] == \
+        [last_seed != 0, last_seed != 1]
+  tie = results_lib.merge_seed_runs(run(0, 0.5, 1, stop), run(1, 0.7, 1, stop | {"seeds": [1]}))
+  assert tie["diverged"]["seeds"] == [0, 1] and tie["mean"]["avg_accuracy"] == 0.6
   with pytest.raises(ValueError, match="does not continue"):
     results_lib.merge_seed_runs(run(0, 0.5, 2), run(2, 0.9, 2))
   with pytest.raises(ValueError, match="unfinished"):
