@@ -5,6 +5,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from dhp_jax import results as results_lib
+
 
 def _pyplot():
   import matplotlib
@@ -29,7 +31,8 @@ def curve_label(label: str, results: Mapping) -> str:
   """Legend entry of one Fig. 2 curve: the final average accuracy, or where the run
   diverged (its curve stops early, so its last point is not a final accuracy)."""
   if "diverged" in results:
-    return f"{label} (diverged in task {results['diverged']['task']})"
+    tasks = [e["diverged"]["task"] for e in results_lib.mark_stopped_seeds(results)]
+    return f"{label} ({results_lib.divergence_note(tasks)})"
   return f"{label} ({100 * accuracy_curve(results)[0][-1]:.2f}%)"
 
 

@@ -70,6 +70,17 @@ def accuracy_by_seed(results: dict) -> tuple[dict, set]:
   return finished, diverged
 
 
+def divergence_note(diverged_tasks: list) -> str:
+  """Where a row whose every seed diverged stopped, from the task each seed diverged in:
+  "diverged in task 6" (one seed, or all in one task), else "5 of 5 seeds diverged,
+  tasks 6–7"."""
+  first, last = min(diverged_tasks), max(diverged_tasks)
+  if first == last:
+    return f"diverged in task {first}"
+  n = len(diverged_tasks)
+  return f"{n} of {n} seeds diverged, tasks {first}–{last}"
+
+
 def mark_stopped_seeds(run: dict) -> list:
   """Per-seed entries of a finished run, the seeds a run-wide divergence stopped marked
   as diverged in their own entry (as the engine marks a seed that diverged alone)."""

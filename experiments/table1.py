@@ -300,7 +300,9 @@ def side_by_side(out_root: str) -> Optional[str]:
       return "not run"
     ours = _cell(r["avg_accuracy"], "pct", r["num_seeds"])
     if "diverged" in r:
-      ours = f"diverged in task {r['diverged']['task']}"
+      ours = results_lib.divergence_note(
+          [d["task"] for d in r.get("diverged_seeds", ())]
+          + [r["diverged"]["task"]] * len(r["diverged"]["seeds"]))
     elif not _complete(r):
       ours = f"{r['completed_tasks']}/{r['num_tasks']} tasks"
     elif r.get("diverged_seeds"):

@@ -261,6 +261,18 @@ def test_a_row_with_one_diverged_seed_shows_the_mean_of_the_others(tmp_path):
     side = f.read()
   assert "| 92.00 ± 2.00 [1 seed(s) diverged] (97.65) |" in side
   assert "2 tasks, 3 seeds |" in side
+  # Seeds 0 and 1 stop later in the same task: the row's every seed diverged.
+  results["diverged"] = {"task": 2, "epoch": 3, "quantities": ["loss"], "seeds": [0, 1]}
+  with open(os.path.join(bench_dir, "online_ewc", "results.json"), "w") as f:
+    json.dump(results, f)
+  table1.write_tables(bench_dir, "split_mnist", "quick", ["online_ewc"])
+  assert "| Online EWC | diverged in task 2 (97.65) |" in table1.side_by_side(str(tmp_path))
+
+
+def test_divergence_note_names_the_tasks_of_a_row_whose_every_seed_diverged():
+  assert results_lib.divergence_note([6]) == "diverged in task 6"
+  assert results_lib.divergence_note([7, 7]) == "diverged in task 7"
+  assert results_lib.divergence_note([7, 6, 6, 6, 6]) == "5 of 5 seeds diverged, tasks 6–7"
 
 
 def test_a_row_that_diverges_does_not_stop_the_table(tmp_path):
@@ -304,12 +316,15 @@ def test_side_by_side_table_over_recorded_benchmarks(tmp_path):
 
 
 def test_fig2_legend_shows_the_surviving_seeds_mean_or_where_the_row_diverged():
-  results = {"per_seed": [{"avg_accuracy_curve": [0.9, 0.8]},
-                          {"avg_accuracy_curve": [0.9, 0.6]},
-                          {"avg_accuracy_curve": [0.1], "diverged": {"task": 2}}]}
+  results = {"per_seed": [{"seed": 0, "avg_accuracy_curve": [0.9, 0.8]},
+                          {"seed": 1, "avg_accuracy_curve": [0.9, 0.6]},
+                          {"seed": 2, "avg_accuracy_curve": [0.1], "diverged": {"task": 2}}]}
   assert plotting.curve_label("SI", results) == "SI (70.00%)"
-  results["diverged"] = {"task": 6, "epoch": 2, "quantities": ["loss"], "seeds": [0]}
-  assert plotting.curve_label("SI", results) == "SI (diverged in task 6)"
+  stop = {"task": 6, "epoch": 2, "quantities": ["loss"], "seeds": [0, 1]}
+  assert plotting.curve_label("SI", {**results, "diverged": stop}) == \
+      "SI (3 of 3 seeds diverged, tasks 2–6)"
+  one = {"per_seed": results["per_seed"][:1], "diverged": {**stop, "seeds": [0]}}
+  assert plotting.curve_label("SI", one) == "SI (diverged in task 6)"
 
 
 def test_more_seeds_train_only_the_missing_ones_and_merge(tmp_path):
