@@ -28,12 +28,15 @@ def accuracy_curve(results: Mapping):
 
 
 def curve_label(label: str, results: Mapping) -> str:
-  """Legend entry of one Fig. 2 curve: the final average accuracy, or where the run
-  diverged (its curve stops early, so its last point is not a final accuracy)."""
+  """Legend entry of one Fig. 2 curve: the final average accuracy of the seeds that
+  finished (and how many did not), or, when none did, where the seeds diverged (the curve
+  stops early, so its last point is not a final accuracy)."""
   if "diverged" in results:
     tasks = [e["diverged"]["task"] for e in results_lib.mark_stopped_seeds(results)]
     return f"{label} ({results_lib.divergence_note(tasks)})"
-  return f"{label} ({100 * accuracy_curve(results)[0][-1]:.2f}%)"
+  diverged = sum("diverged" in e for e in results["per_seed"])
+  lost = f", {diverged} of {len(results['per_seed'])} seeds diverged" if diverged else ""
+  return f"{label} ({100 * accuracy_curve(results)[0][-1]:.2f}%{lost})"
 
 
 def plot_accuracy(runs: Mapping[str, Mapping], path: str, title: str = "") -> None:

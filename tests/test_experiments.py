@@ -319,7 +319,8 @@ def test_fig2_legend_shows_the_surviving_seeds_mean_or_where_the_row_diverged():
   results = {"per_seed": [{"seed": 0, "avg_accuracy_curve": [0.9, 0.8]},
                           {"seed": 1, "avg_accuracy_curve": [0.9, 0.6]},
                           {"seed": 2, "avg_accuracy_curve": [0.1], "diverged": {"task": 2}}]}
-  assert plotting.curve_label("SI", results) == "SI (70.00%)"
+  assert plotting.curve_label("SI", results) == "SI (70.00%, 1 of 3 seeds diverged)"
+  assert plotting.curve_label("SI", {"per_seed": results["per_seed"][:2]}) == "SI (70.00%)"
   stop = {"task": 6, "epoch": 2, "quantities": ["loss"], "seeds": [0, 1]}
   assert plotting.curve_label("SI", {**results, "diverged": stop}) == \
       "SI (3 of 3 seeds diverged, tasks 2–6)"
