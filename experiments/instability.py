@@ -7,8 +7,8 @@
 2. Online EWC: the largest lr·λ·Ω after each task (``penalty_stability``) beside the task
    where that seed diverged: plain SGD on λΩ(θ − θ*)² is unstable once lr·λ·Ω > 1.
 
-``write_instability(bench_dir)`` writes ``instability.json`` and ``instability.md`` next to
-``table1.md``. Tasks are 1-based throughout (the trace's 0-based ``task`` is shifted);
+``write_instability(bench_dir, runs)`` writes ``instability.json`` and ``instability.md``
+next to ``table1.md``. Tasks are 1-based throughout (the trace's 0-based ``task`` is shifted);
 accuracies are in percent, differences in points.
 """
 from __future__ import annotations
@@ -269,14 +269,10 @@ def markdown(evidence: Mapping) -> str:
   return "\n".join(lines)
 
 
-def write_instability(bench_dir: str, rows=None) -> Optional[dict]:
-  """Writes ``instability.json`` and ``instability.md`` into ``bench_dir`` from its rows'
-  results (those in ``rows`` when given, as ``table1.md`` shows them); returns the
-  evidence (None, writing nothing, when no DHP + MAS or Online EWC row is recorded)."""
-  runs = {row: store.read_results(os.path.join(bench_dir, row))
-          for row in DHP_MAS_ROWS + _DHP_MAS_BASELINES + ONLINE_EWC_ROWS
-          if rows is None or row in rows}
-  runs = {row: results for row, results in runs.items() if results is not None}
+def write_instability(bench_dir: str, runs: Mapping[str, Mapping]) -> Optional[dict]:
+  """Writes ``instability.json`` and ``instability.md`` into ``bench_dir`` from the rows'
+  results ``runs`` (row -> results payload, as ``table1.md`` shows them); returns the
+  evidence (None, writing nothing, when no DHP + MAS or Online EWC row is among them)."""
   if not any(row in runs for row in DHP_MAS_ROWS + ONLINE_EWC_ROWS):
     return None
   evidence = {"benchmark": os.path.basename(os.path.normpath(bench_dir)),

@@ -78,7 +78,7 @@ def paired_entry(first: Mapping, second: Mapping) -> Optional[dict]:
   """
   if any(r["completed_tasks"] != r["num_tasks"] for r in (first, second)):
     return None
-  (a, a_diverged), (b, b_diverged) = results_lib.accuracy_by_seed(first), results_lib.accuracy_by_seed(second)
+  (a, a_diverged), (b, b_diverged) = map(results_lib.accuracy_by_seed, (first, second))
   if len(a.keys() & b.keys()) < 2:
     return None
   paired = metrics.paired_difference(a, b)
@@ -247,7 +247,7 @@ def write_tables(bench_dir: str, benchmark: str, preset: str, rows) -> Optional[
       plotting.plot_plasticity_per_seed(
           {ROWS[row].label: runs[row] for row in figure_rows}, os.path.join(bench_dir, name),
           f"{benchmark} ({preset}), one line per seed")
-  instability.write_instability(bench_dir, rows)
+  instability.write_instability(bench_dir, runs)
   return entry
 
 

@@ -108,6 +108,8 @@ def test_paired_differences_in_json_exclude_diverged_seeds(tmp_path):
   assert paired["dhp - dhp_frozen_alpha"]["wins"] == 0
   init = paired["dhp - finetune_dense"]   # +3, +4, −2 points: the θ-init pair is read too
   assert init["differences"] == pytest.approx([3.0, 4.0, -2.0]) and init["wins"] == 2
+  with open(os.path.join(bench_dir, "instability.json")) as f:   # from the same runs
+    assert json.load(f)["dhp_mas"]["rows"]["dhp+mas"]["num_seeds"] == 3
 
 
 def test_dhp_x_verdict_reads_the_paired_interval(tmp_path):

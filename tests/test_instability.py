@@ -167,20 +167,15 @@ def test_missing_rows():
 
 def test_write_instability_writes_both_files_or_nothing(tmp_path):
   bench_dir = str(tmp_path)
-  os.makedirs(os.path.join(bench_dir, "mas"))
-  with open(os.path.join(bench_dir, "mas", "results.json"), "w") as f:
-    json.dump(_results([[0.9, 0.85]]), f)
-  assert instability.write_instability(bench_dir) is None   # a baseline alone: no evidence
+  mas = _results([[0.9, 0.85]])
+  assert instability.write_instability(bench_dir, {"mas": mas}) is None   # no evidence
   assert not os.path.exists(os.path.join(bench_dir, "instability.json"))
-  os.makedirs(os.path.join(bench_dir, "dhp+mas"))
-  with open(os.path.join(bench_dir, "dhp+mas", "results.json"), "w") as f:
-    json.dump(_results([[0.9, 0.5], [0.9, 0.8]], TRACE), f)
-  evidence = instability.write_instability(bench_dir)
+  dhp_mas = _results([[0.9, 0.5], [0.9, 0.8]], TRACE)
+  evidence = instability.write_instability(bench_dir, {"mas": mas, "dhp+mas": dhp_mas})
   with open(os.path.join(bench_dir, "instability.json")) as f:
     assert json.load(f) == evidence
   with open(os.path.join(bench_dir, "instability.md")) as f:
     assert "η < 0 on 1 of 2 seeds" in f.read()
-  # Restricted to the rows a table shows: a row left out is "not on disk" there too.
-  assert instability.write_instability(bench_dir, rows=["mas"]) is None
-  assert instability.write_instability(bench_dir, rows=["dhp+mas"])["dhp_mas"]["missing"] \
-      == ["dhp+mas_eta_projected", "mas"]
+  # Only the rows given (those a table shows): a row left out is "not on disk" there too.
+  assert instability.write_instability(bench_dir, {"dhp+mas": dhp_mas})["dhp_mas"][
+      "missing"] == ["dhp+mas_eta_projected", "mas"]
