@@ -45,6 +45,8 @@ VISION_TASKS ?= 4
 # Issue 14: the permuted benchmarks at the paper preset, 5 paired seeds per row; the rows
 # carrying the headline claims first, then the mini-batch Fisher hypothesis rows, then the
 # faithful Online EWC rows (they diverge; their added seeds record lr·λ·Ω per task).
+# Issue 18: the vision mixture at the medium preset (10 epochs/task), 3 paired seeds.
+VISION_ROWS := finetune,dhp,dhp_frozen_alpha,finetune_dense,si,dhp+si,mas,dhp+mas,online_ewc,dhp+online_ewc
 PAPER_ROWS := finetune,dhp,dhp_frozen_alpha,mas,dhp+mas,dhp+mas_eta_projected,finetune_dense,si,dhp+si,dhp_eta_projected,online_ewc_batch,dhp+online_ewc_batch,online_ewc,dhp+online_ewc
 reproduce: fetch
 	$(PY) experiments/table1.py --benchmarks=split_mnist --preset=paper --num_seeds=10 \
@@ -66,6 +68,8 @@ reproduce: fetch
 		--rows=online_ewc_lambda100,dhp+online_ewc_lambda100
 	$(PY) experiments/table1.py --benchmarks=permuted_mnist,imbalanced_permuted_mnist \
 		--preset=paper --num_seeds=5 --out_root=results --noprogress --rows=$(PAPER_ROWS)
+	$(PY) experiments/table1.py --benchmarks=vision_mixture --preset=medium --num_seeds=3 \
+		--num_tasks=$(VISION_TASKS) --out_root=results --noprogress --rows=$(VISION_ROWS)
 
 test: $(VENV)/.test fetch
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests

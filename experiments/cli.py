@@ -25,7 +25,8 @@ _HELP = {
     "head": "Output head: dhp, or matched (the paper's capacity-matched plain head).",
     "freeze_alpha": "DHP head with α held at 0 (ablation).",
     "theta_init": "Output-layer θ init, the same for every head (SPEC §1).",
-    "preset": "paper = SPEC §3 exactly; quick = the same with fewer epochs.",
+    "preset": "paper = SPEC §3 exactly; quick, medium = the same with fewer epochs "
+              "(reduced scale).",
     "num_tasks": "Number of tasks.", "epochs": "Epochs per task.",
     "batch_size": "Batch size.", "lr": "SGD learning rate.", "eta_init": "Initial η.",
     "strength": "Penalty strength λ.", "si_xi": "SI damping ξ.",

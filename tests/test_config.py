@@ -33,10 +33,11 @@ def test_paper_preset_is_spec_section_3(benchmark):
     c = make_config(benchmark, "paper", method)
     assert (c.num_tasks, c.hidden, c.batch_size, c.lr, c.epochs, c.eta_init, c.strength) == (
         tasks, hidden, batch, lr, epochs, eta, strength)
-    # 'quick' is the paper's settings with fewer epochs.
-    quick = make_config(benchmark, "quick", method)
-    assert quick.epochs < epochs
-    assert dataclasses.replace(quick, preset="paper", epochs=epochs) == c
+    # 'quick' and 'medium' are the paper's settings with fewer epochs.
+    quick, medium = (make_config(benchmark, p, method) for p in ("quick", "medium"))
+    assert quick.epochs < medium.epochs < epochs
+    for reduced in (quick, medium):
+      assert dataclasses.replace(reduced, preset="paper", epochs=epochs) == c
   assert make_config(benchmark, "paper", "si").si_xi == xi
 
 
