@@ -129,7 +129,7 @@ class _Programs:
   def epoch(self, output_slice):
     fn = functools.partial(training.train_epoch, batch_size=self.config.batch_size,
                            output_slice=output_slice, model=self.model,
-                           optimizer=self.optimizer, freeze_alpha=self.config.freeze_alpha,
+                           optimizer=self.optimizer,
                            project_eta=self.config.eta_constraint == "project")
     return seeds_lib.seed_jit(fn, (0, 0, None, 0), donate_argnums=0)
 

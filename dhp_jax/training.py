@@ -29,23 +29,18 @@ def make_model(config: Config, num_classes: int):
   return models.MLP(hidden=config.hidden, **common)
 
 
-def _path_names(path) -> tuple:
-  return tuple(getattr(k, "key", getattr(k, "name", None)) for k in path)
-
-
-def _map_plastic(fn: Callable, params, field: str):
-  """Applies ``fn`` to the DHP head's ``field`` ('alpha' or 'eta') leaves only."""
-  mask = consolidation.slow_weights_mask(params)
-
-  def visit(path, leaf, slow):
-    return fn(leaf) if (not slow and _path_names(path)[-1] == field) else leaf
-
-  return jax.tree_util.tree_map_with_path(visit, params, mask)
-
-
 def make_optimizer(config: Config) -> optax.GradientTransformation:
-  """The optax chain of ``config.method`` (``consolidation.METHODS``), SGD included."""
-  return consolidation.METHODS[config.method].optimizer(config)
+  """The optax chain of ``config.method`` (``consolidation.METHODS``), SGD included, then
+  α's freeze (the α-frozen control) on the update it makes.
+
+  η's projection into [0, 1] stays a clip of the stored η after the step
+  (``train_step(project_eta=True)``): ``consolidation.project`` computes the same values,
+  but inside the chain XLA rounds the in-bounds η update differently in the last bit
+  (measured on the golden configs), and recorded runs must keep their numbers.
+  """
+  method = consolidation.METHODS[config.method].optimizer(config)
+  # Unconstrained chains keep their state's structure (recorded checkpoints restore).
+  return optax.chain(method, consolidation.freeze("alpha")) if config.freeze_alpha else method
 
 
 class TrainState(NamedTuple):
@@ -60,7 +55,8 @@ def create_state(key, model, input_shape: Sequence[int], optimizer, *,
   variables = model.init(key, jnp.zeros((1, *input_shape), jnp.float32))
   params = variables["params"]
   if freeze_alpha:
-    params = _map_plastic(jnp.zeros_like, params, "alpha")
+    frozen = consolidation.plastic_mask(params, "alpha")
+    params = jax.tree.map(lambda p, zero: jnp.zeros_like(p) if zero else p, params, frozen)
   return TrainState(params, variables.get("hebb", {}), optimizer.init(params))
 
 
@@ -76,11 +72,13 @@ def masked_cross_entropy(logits, local_labels, mask):
 
 
 def train_step(state: TrainState, batch, *, model, optimizer, output_slice=None,
-               freeze_alpha=False, project_eta=False):
+               project_eta=False):
   """One SGD step. ``batch = (x [B, ...], labels int [B] global, mask bool [B])``.
 
   The loss uses the task's outputs only (``output_slice``); the DHP trace is updated
-  with the global labels in the forward pass (Algorithm 1) and carried as data.
+  with the global labels in the forward pass (Algorithm 1) and carried as data. α's
+  freeze is part of ``optimizer`` (``make_optimizer``); ``project_eta`` clips the
+  stored η into [0, 1] after the step.
   """
   x, labels, mask = batch
   start = 0 if output_slice is None else output_slice[0]
@@ -99,13 +97,12 @@ def train_step(state: TrainState, batch, *, model, optimizer, output_slice=None,
     return loss, (new_hebb, correct)
 
   (loss, (new_hebb, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  if freeze_alpha:
-    grads = _map_plastic(jnp.zeros_like, grads, "alpha")
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   if project_eta:
     # Projection of the *stored* η after the step keeps it movable (SPEC §1).
-    params = _map_plastic(lambda e: jnp.clip(e, 0.0, 1.0), params, "eta")
+    eta = consolidation.plastic_mask(params, "eta")
+    params = jax.tree.map(lambda p, on: jnp.clip(p, 0.0, 1.0) if on else p, params, eta)
   new_state = TrainState(params, jax.lax.stop_gradient(new_hebb), opt_state)
   return new_state, {"loss": loss, "correct": correct, "count": jnp.sum(mask)}
 

@@ -1,6 +1,7 @@
 """dhp_jax.consolidation against references written plainly here (loops, closed forms)."""
 import functools
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -91,6 +92,69 @@ def test_penalty_state_starts_at_zero_and_composes_with_sgd():
   grads = _random_like(params, 6)
   updates, _ = optimizer.update(grads, state, params)   # Ω = 0: plain SGD
   jax.tree.map(lambda u, g: np.testing.assert_allclose(u, -0.1 * g, rtol=1e-6), updates, grads)
+
+
+def test_penalty_mask_chooses_the_penalised_leaves():
+  params = _random_like(_nested_params(), 7)
+  grads, importance = _random_like(params, 8), _random_like(params, 9, 0.0, 1.0)
+  only_head_theta = lambda p: jax.tree_util.tree_map_with_path(
+      lambda path, _: jax.tree_util.keystr(path) == "['head']['theta']", p)
+  optimizer = cons.quadratic_penalty(LAMBDA, mask=only_head_theta)
+  state = cons.set_penalty(optimizer.init(params), importance=importance)
+  got, _ = optimizer.update(grads, state, params)
+  want = jax.tree.map(lambda g: g, grads)
+  want["head"]["theta"] = grads["head"]["theta"] + (
+      2 * LAMBDA * importance["head"]["theta"] * params["head"]["theta"])
+  chex.assert_trees_all_close(got, want, rtol=1e-6)
+
+
+# --- 1b. constraints on α and η -----------------------------------------------------------
+
+@pytest.mark.parametrize("field", ["alpha", "eta"])
+def test_plastic_mask_marks_exactly_one_field(field):
+  got = {jax.tree_util.keystr(path) for path, on in
+         jax.tree_util.tree_leaves_with_path(cons.plastic_mask(_nested_params(), field)) if on}
+  assert got == {p for p in PLASTIC_PATHS if p.endswith(f"['{field}']") or p.endswith(field)}
+
+
+class ConstraintTest(chex.TestCase):
+
+  @chex.all_variants(with_pmap=False)
+  def test_freeze_zeroes_only_alpha_updates(self):
+    params = _random_like(_nested_params(), 10)
+    updates = _random_like(params, 11)
+    freeze = cons.freeze("alpha")
+    got, _ = self.variant(freeze.update)(updates, freeze.init(params), params)
+    want = jax.tree_util.tree_map_with_path(
+        lambda path, u: jnp.zeros_like(u) if jax.tree_util.keystr(path).endswith(
+            ("['alpha']", ".alpha")) else u, updates)
+    chex.assert_trees_all_equal(got, want)
+
+  @chex.all_variants(with_pmap=False)
+  def test_project_lands_exactly_on_the_clipped_value(self):
+    # η values inside, above and below [0, 1] after the update, in both heads.
+    params = {"head": {"theta": jnp.zeros((2, 2)), "alpha": jnp.zeros((2, 2)),
+                       "eta": jnp.float32(0.3)},
+              "pure": DHPParams(jnp.zeros((2, 2)), jnp.zeros((2, 2)), jnp.float32(0.1), None)}
+    project = cons.project("eta", 0.0, 1.0)
+    for head_u, pure_u in [(0.2, 0.95), (0.9, -0.4), (-0.1, 0.7)]:
+      updates = jax.tree.map(jnp.ones_like, params)
+      updates["head"]["eta"], updates = jnp.float32(head_u), {
+          **updates, "pure": updates["pure"]._replace(eta=jnp.float32(pure_u))}
+      got, _ = self.variant(project.update)(updates, project.init(params), params)
+      new = optax.apply_updates(params, got)
+      assert new["head"]["eta"] == np.clip(np.float32(0.3) + np.float32(head_u), 0, 1)
+      assert new["pure"].eta == np.clip(np.float32(0.1) + np.float32(pure_u), 0, 1)
+      np.testing.assert_array_equal(got["head"]["theta"], 1.0)   # other leaves untouched
+
+
+def test_constraint_arguments_are_checked():
+  with pytest.raises(ValueError, match="field must be one of"):
+    cons.freeze("theta")
+  with pytest.raises(ValueError, match="low must be < high"):
+    cons.project("eta", 1.0, 0.0)
+  with pytest.raises(ValueError, match="params must be passed"):
+    cons.project("eta", 0.0, 1.0).update({}, optax.EmptyState())
 
 
 # --- 2. EWC collapsed to one quadratic ---------------------------------------------------

@@ -105,11 +105,12 @@ class TrainStepTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_frozen_alpha_stays_exactly_zero(self):
-    state = _state(freeze_alpha=True)
+    optimizer = optax.chain(optax.sgd(LR), consolidation.freeze("alpha"))
+    state = _state(optimizer=optimizer, freeze_alpha=True)
     np.testing.assert_array_equal(state.params["head"]["alpha"], 0.0)
     _, grads, _ = _reference(state.params, TRACE["head"]["hebb"], (X, LABELS, ALL))
-    assert np.any(np.asarray(grads["head"]["alpha"]) != 0)   # zeroed by the step only
-    new, _ = self._step(state, (X, LABELS, ALL), freeze_alpha=True)
+    assert np.any(np.asarray(grads["head"]["alpha"]) != 0)   # zeroed by the chain only
+    new, _ = self._step(state, (X, LABELS, ALL), optimizer=optimizer)
     np.testing.assert_array_equal(new.params["head"]["alpha"], 0.0)
     grads["head"]["alpha"] = jnp.zeros_like(grads["head"]["alpha"])
     _close(new.params, _sgd(state.params, grads))

@@ -10,10 +10,15 @@ jit/vmap/tree_get/tree_set work):
 
 ``penalty``
   ``slow_weights_mask(params)``        pytree of bool: False exactly on DHP α and η.
-  ``quadratic_penalty(strength)``      optax transformation adding 2λΩ(θ−θ*) to the slow
-                                       weights' gradients; state ``QuadraticPenaltyState``.
+  ``quadratic_penalty(strength, mask=None)``  optax transformation adding 2λΩ(θ−θ*) to
+                                       the slow weights' gradients (or ``mask``'s leaves);
+                                       state ``QuadraticPenaltyState``.
   ``get_penalty(opt_state)``           the ``QuadraticPenaltyState`` inside any optimizer state.
   ``set_penalty(opt_state, *, importance=None, anchor=None)``  new Ω / θ* (optax tree_set).
+``constraints`` (DHP α and η; at the end of a chain)
+  ``plastic_mask(params, field)``      pytree of bool: True exactly on DHP ``field`` leaves.
+  ``freeze(field)``                    zero updates (``optax.masked(set_to_zero)``).
+  ``project(field, low, high)``        updates cut so the stored value stays in [low, high].
 ``path_integral`` (SI, Zenke et al. 2017)
   ``track_path_integral(inner)``       ω += −g⊙u around ``inner``; state
                                        ``PathIntegralState(omega, inner_state)``.
@@ -31,6 +36,7 @@ task's outputs; ``images`` float [N, ...], preprocessed)
   ``METHODS``: the registry, name → ``Method`` (how to build its optax chain, what to do
   at the end of a task). Adding a method is one entry there.
 """
+from dhp_jax.consolidation.constraints import freeze, plastic_mask, project
 from dhp_jax.consolidation.importance import (FISHER_MODES, MAS_VARIANTS, ewc_accumulate,
                                               fisher_diagonal, mas_accumulate,
                                               mas_importance, mas_local_importance,

@@ -7,7 +7,7 @@ The penalty acts on gradients, so it adds ``2·λ·Ω·(θ − θ*)`` (factor 2,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import optax
@@ -15,7 +15,7 @@ import optax
 from dhp_jax.consolidation._checks import PyTree, check_like, check_nonnegative
 from dhp_jax.hebbian import DHPParams
 
-_PLASTIC_FIELDS = ("alpha", "eta")
+PLASTIC_FIELDS = ("alpha", "eta")   # the DHP head's non-slow parameters
 
 
 def _key_name(key) -> Any:
@@ -26,6 +26,20 @@ def _is_dhp_node(node) -> bool:
   """A DHP head's parameters: ``DHPParams`` or a Flax ``DHPSoftmax`` params dict."""
   return isinstance(node, DHPParams) or (
       isinstance(node, Mapping) and "theta" in node and "alpha" in node)
+
+
+def dhp_field_mask(params: PyTree, in_head: Callable[[str], bool],
+                   elsewhere: bool) -> PyTree:
+  """A pytree of Python bools like ``params``: ``in_head(name)`` for each entry of a DHP
+  head (a ``DHPParams``, or a dict holding both ``theta`` and ``alpha``), wherever it
+  sits; ``elsewhere`` for every other leaf."""
+  def mask_node(path, node):
+    del path
+    if not _is_dhp_node(node):
+      return elsewhere
+    return jax.tree_util.tree_map_with_path(lambda sub, _: in_head(_key_name(sub[0])), node)
+
+  return jax.tree_util.tree_map_with_path(mask_node, params, is_leaf=_is_dhp_node)
 
 
 def slow_weights_mask(params: PyTree) -> PyTree:
@@ -39,14 +53,7 @@ def slow_weights_mask(params: PyTree) -> PyTree:
     ``alpha`` (a ``DHPSoftmax`` params dict), wherever it sits; True for everything else
     (kernels, biases, θ, θ₁, θ₂). The Hebb trace is not a parameter and never appears.
   """
-  def mask_node(path, node):
-    del path
-    if not _is_dhp_node(node):
-      return True
-    return jax.tree_util.tree_map_with_path(
-        lambda sub, _: _key_name(sub[0]) not in _PLASTIC_FIELDS, node)
-
-  return jax.tree_util.tree_map_with_path(mask_node, params, is_leaf=_is_dhp_node)
+  return dhp_field_mask(params, lambda name: name not in PLASTIC_FIELDS, True)
 
 
 # ----------------------------------------------------------------------------- penalty
@@ -57,12 +64,13 @@ class QuadraticPenaltyState(NamedTuple):
   anchor: PyTree       # θ*
 
 
-def quadratic_penalty(strength: float) -> optax.GradientTransformation:
+def quadratic_penalty(strength: float, mask: Optional[Callable[[PyTree], PyTree]] = None
+                      ) -> optax.GradientTransformation:
   """Adds ``2·λ·Ω·(θ − θ*)`` to the gradient of every slow weight (paper Eq. 1/4).
 
   That is the gradient of ``λ Σ_k Ω_k (θ_k − θ*_k)²`` (no ½). α and η (see
   ``slow_weights_mask``, decided from the params' structure at update time) pass through
-  untouched. The state starts at Ω = 0, θ* = 0 (no penalty); set both between tasks with
+  untouched; ``mask(params)`` (a pytree of bools like the params) chooses other leaves. The state starts at Ω = 0, θ* = 0 (no penalty); set both between tasks with
   ``set_penalty``, which checks them against the params once (the update trusts its
   state: no checks in the jitted hot path). Use as
   ``optax.chain(quadratic_penalty(λ), optax.sgd(lr))``.
@@ -71,6 +79,7 @@ def quadratic_penalty(strength: float) -> optax.GradientTransformation:
     strength: λ ≥ 0 (a traced value is accepted, e.g. under ``optax.inject_hyperparams``).
   """
   check_nonnegative("strength", strength)
+  mask = slow_weights_mask if mask is None else mask
 
   def init_fn(params):
     return QuadraticPenaltyState(importance=optax.tree_utils.tree_zeros_like(params),
@@ -85,7 +94,7 @@ def quadratic_penalty(strength: float) -> optax.GradientTransformation:
         return g
       return g + (2 * strength * omega * (theta - anchor)).astype(g.dtype)
 
-    updates = jax.tree.map(add_penalty, slow_weights_mask(params), updates,
+    updates = jax.tree.map(add_penalty, mask(params), updates,
                            state.importance, state.anchor, params)
     return updates, state
 
