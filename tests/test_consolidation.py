@@ -91,7 +91,7 @@ def test_penalty_state_starts_at_zero_and_composes_with_sgd():
   assert all(not np.any(x) for x in jax.tree.leaves(penalty))
   grads = _random_like(params, 6)
   updates, _ = optimizer.update(grads, state, params)   # Ω = 0: plain SGD
-  jax.tree.map(lambda u, g: np.testing.assert_allclose(u, -0.1 * g, rtol=1e-6), updates, grads)
+  chex.assert_trees_all_close(updates, jax.tree.map(lambda g: -0.1 * g, grads), rtol=1e-6)
 
 
 def test_penalty_mask_chooses_the_penalised_leaves():
@@ -183,7 +183,7 @@ def test_collapsed_ewc_equals_sum_of_per_task_penalties():
   zero_grads = jax.tree.map(jnp.zeros_like, theta)
   got, _ = optimizer.update(zero_grads, state, theta)
   want = jax.grad(separate_penalties)(theta)
-  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6), got, want)
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(cons.get_penalty(state).importance["w"],
                              sum(f["w"] for f in fishers), rtol=1e-6)
 
@@ -295,7 +295,7 @@ def test_fisher_subsample_uses_num_samples_rows():
   got = cons.fisher_diagonal(apply_fn, params, x, mode="exact", num_samples=4)
   strided = x[(np.arange(4) * N) // 4]    # no key: evenly strided rows
   want = cons.fisher_diagonal(apply_fn, params, strided, mode="exact")
-  jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, rtol=1e-6), got, want)
+  chex.assert_trees_all_close(got, want, rtol=1e-6)
 
 
 # --- the Dense shortcut equals plain per-sample gradients on a DHP MLP --------------------
@@ -334,8 +334,7 @@ def test_dense_shortcut_equals_per_sample_gradients(estimator):
 
   shortcut, plain = run(flax_apply), run(plain_apply)
   assert np.any(shortcut["head"]["alpha"])   # the plastic term is differentiated too
-  jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-7),
-               shortcut, plain)
+  chex.assert_trees_all_close(shortcut, plain, rtol=1e-5, atol=1e-7)
 
 
 class _GenericConv(nn.Conv):
@@ -378,8 +377,7 @@ def test_conv_shortcut_equals_per_sample_gradients(estimator, conv):
   plan = _per_sample._plan_shortcuts(one_sample, leaves, treedef, x[0], False)
   assert len(plan) == 4 and all(plan)   # three convs and the dense take the shortcut
   shortcut, plain = run(_TinyCNN(fast_conv)), run(_TinyCNN(_GenericConv, _GenericDense))
-  jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-7),
-               shortcut, plain)
+  chex.assert_trees_all_close(shortcut, plain, rtol=1e-5, atol=1e-7)
 
 
 # --- 4. SI path integral -------------------------------------------------------------------
