@@ -320,11 +320,16 @@ def is_finished(results: dict, num_seeds: int) -> bool:
 
 
 def is_complete(out_dir: str, config) -> bool:
-  """True when ``out_dir`` holds a finished run of exactly ``config``."""
+  """True when ``out_dir`` holds a finished run of ``config``, or of ``config`` with more
+  seeds (seeds added later): those hold every seed ``config`` asks for."""
   results = read_results(out_dir)
-  return (results is not None
-          and config_lib.config_matches(results.get("config", {}), config)
-          and is_finished(results, config.num_seeds))
+  if results is None:
+    return False
+  held = results.get("config", {}).get("num_seeds", 1)
+  return (held >= config.num_seeds
+          and config_lib.config_matches(results.get("config", {}),
+                                        dataclasses.replace(config, num_seeds=held))
+          and is_finished(results, held))
 
 
 def seeds_to_extend(out_dir: str, config) -> int:
@@ -337,5 +342,4 @@ def seeds_to_extend(out_dir: str, config) -> int:
   held = results.get("config", {}).get("num_seeds", 1)
   if held >= config.num_seeds:
     return 0
-  fewer = dataclasses.replace(config, num_seeds=held)
-  return held if is_complete(out_dir, fewer) else 0
+  return held if is_complete(out_dir, dataclasses.replace(config, num_seeds=held)) else 0

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from dhp_jax import config as config_lib
-from dhp_jax import engine, plotting, results as results_lib
+from dhp_jax import engine, plotting, results as results_lib, store
 from experiments import eta_sweep, table1
 
 
@@ -355,6 +355,13 @@ def test_more_seeds_train_only_the_missing_ones_and_merge(tmp_path):
   assert merged["config"]["num_seeds"] == 3 and merged["wall_time_s"] == 120.0
   table1.run_table(["split_mnist"], ["finetune"], "quick", 3, str(tmp_path),
                    train=_must_not_train)   # now complete
+  # ... and complete for the original one-seed command too: it holds seed 0.
+  table1.run_table(["split_mnist"], ["finetune"], "quick", 1, str(tmp_path),
+                   train=_must_not_train)
+  asked = table1.row_config("split_mnist", "quick", "finetune", num_seeds=2)
+  assert store.is_complete(os.path.join(bench_dir, "finetune"), asked)
+  other_seeds = table1.row_config("split_mnist", "quick", "finetune", num_seeds=2, seed=5)
+  assert not store.is_complete(os.path.join(bench_dir, "finetune"), other_seeds)
 
 
 def test_side_by_side_shows_the_paired_intervals_of_every_table(tmp_path):
