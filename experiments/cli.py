@@ -83,6 +83,22 @@ def config_overrides(fv: flags.FlagValues, fields: Sequence[str]) -> dict:
   return values
 
 
+def refuse_flags_without_effect(fv: flags.FlagValues, config: config_lib.Config,
+                                names: Sequence[str]) -> None:
+  """ValueError naming every flag among ``names`` set on the command line that has no
+  effect in ``config`` (``config.SCOPES``), so it is not recorded as if it had one."""
+  idle = config_lib.without_effect(config, [name for name in names if fv[name].present])
+  if not idle:
+    return
+  reasons = []
+  for name in idle:
+    scope = config_lib.SCOPES[name]
+    reasons.append(f"--{name} has no effect with --{scope.by}={getattr(config, scope.by)} "
+                   f"(only with --{scope.by} in {list(scope.values)})")
+  raise ValueError("; ".join(reasons) + f": drop {', '.join('--' + n for n in idle)} "
+                   f"or change --{config_lib.SCOPES[idle[0]].by}")
+
+
 def define_run_flags(fv: flags.FlagValues) -> None:
   """Flags of every binary that do not change the numbers."""
   flags.DEFINE_string("data_dir", None, "Data search path (default: $DHP_DATA_DIR).",
@@ -140,6 +156,21 @@ def entry_point(run, define) -> None:
   main(run, define)
 
 
+def check_directory_flag(flag: str, path: str) -> None:
+  """Creates the directory ``path`` given as ``--<flag>`` if needed; ValueError naming the
+  flag when it is a file, under one, or not writable."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"--{flag}={path} is a file, expected a directory: pass another path "
+                     f"or move the file away")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"--{flag}={path}: cannot create the directory ({e.strerror}); pass "
+                     f"a directory you can write to") from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise ValueError(f"--{flag}={path} is not writable; pass a directory you can write to")
+
+
 @contextlib.contextmanager
 def metric_writers(logdir, run: str, config):
   """[a ``MetricsWriter``] for ``config``'s seeds when ``logdir`` is set, else []."""
@@ -148,6 +179,7 @@ def metric_writers(logdir, run: str, config):
     return
   from dhp_jax.metric_writers import MetricsWriter
 
+  check_directory_flag("logdir", logdir)
   writer = MetricsWriter(logdir, run, range(config.seed, config.seed + config.num_seeds),
                          config.epochs)
   try:

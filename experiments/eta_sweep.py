@@ -23,6 +23,11 @@ from experiments import cli
 ETAS = (0.1, 0.01, 0.001, 0.0005, 0.0001)
 
 
+def sweep_config(benchmark: str, preset: str, eta: float, **overrides):
+  """The config of one point: DHP Softmax fine-tuned from η₀ = ``eta``."""
+  return make_config(benchmark, preset, "finetune", head="dhp", eta_init=eta, **overrides)
+
+
 def run_sweep(benchmarks, etas, preset, num_seeds, out_root, *, seed=0, data_dir=None,
               progress=True, logdir=None, **overrides) -> dict:
   """Returns ``{benchmark: {"eta": [...], "mean": [...], "sem": [...]}}`` (fractions)."""
@@ -31,8 +36,8 @@ def run_sweep(benchmarks, etas, preset, num_seeds, out_root, *, seed=0, data_dir
   for benchmark in benchmarks:
     points = {"eta": [], "mean": [], "sem": []}
     for eta in etas:
-      config = make_config(benchmark, preset, "finetune", head="dhp", eta_init=eta,
-                           num_seeds=num_seeds, seed=seed, **overrides)
+      config = sweep_config(benchmark, preset, eta, num_seeds=num_seeds, seed=seed,
+                            **overrides)
       out_dir = os.path.join(sweep_dir, benchmark, f"eta_{eta:g}")
       if store.is_complete(out_dir, config):
         results = store.read_results(out_dir)
@@ -69,6 +74,9 @@ def run(fv: flags.FlagValues) -> dict:
   except ValueError:
     raise ValueError(f"--etas must be a list of numbers, got {fv.etas}") from None
   overrides = cli.config_overrides(fv, cli.RUN_SIZE_FIELDS)
+  for benchmark in fv.benchmarks:   # every point is DHP Softmax fine-tuning
+    cli.refuse_flags_without_effect(fv, sweep_config(benchmark, fv.preset, etas[0], **overrides),
+                                    cli.RUN_SIZE_FIELDS)
   return run_sweep(fv.benchmarks, etas, fv.preset, overrides.pop("num_seeds"), fv.out_root,
                    seed=overrides.pop("seed"), data_dir=fv.data_dir, progress=fv.progress,
                    logdir=fv.logdir, **overrides)
