@@ -42,7 +42,13 @@ RESTART_ADVICE = ("to start that run over, delete the directory (or rerun run.py
 
 
 class StoreError(Exception):
-  """A run directory that cannot be used as asked; the message says why and what to do."""
+  """A run directory that cannot be used as asked; the message says why and what to do.
+  ``advice``: 'resume' when the run can go on from its last commit (the binary says how),
+  else None."""
+
+  def __init__(self, message: str, advice: Optional[str] = None):
+    super().__init__(message)
+    self.advice = advice
 
 
 class Commit(NamedTuple):
@@ -226,8 +232,8 @@ def restore_state(out_dir: str, commit: Commit, target):
 def _disk_error(e: OSError, path: str, out_dir: str, done: int) -> StoreError:
   what = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
   kept = f"tasks 1-{done} are committed" if done else "no task was committed yet"
-  return StoreError(f"could not write {path}: {what}. In {out_dir} {kept}; fix that and "
-                    f"rerun with --resume")
+  return StoreError(f"could not write {path}: {what}. In {out_dir} {kept}; fix that first",
+                    advice="resume")
 
 
 def commit(out_dir: str, task: int, results: dict, state=None) -> None:

@@ -5,7 +5,8 @@ type from the field's default, enums from ``config.CHOICES``; default None = the
 preset's value); ``config_overrides(fv, fields)`` reads them back for ``make_config``.
 ``main(run, define)`` is every binary's entry point: it parses, turns on JAX's
 persistent compilation cache and turns every expected failure (bad flag, corrupt or busy
-run directory, missing data, divergence) into one line on stderr and exit code 1.
+run directory, missing data, divergence) into one line on stderr and exit code 1, and a
+Ctrl-C into one line saying what is kept and how to go on (exit code 130).
 """
 from __future__ import annotations
 
@@ -120,17 +121,36 @@ def enable_compilation_cache(path: str) -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+# What a binary tells its user to do next, by the ``advice`` an error carries ('resume':
+# the run can go on from its last commit; 'restart': it cannot, and must start over).
+RUN_ADVICE = {"resume": "to go on, rerun the same command with --resume",
+              "restart": "rerun with --restart to start that run over"}
+TABLE_ADVICE = {"resume": "to go on, rerun the same command: what is finished is skipped "
+                          "and this run resumes",
+                "restart": "delete that run's directory to train it again"}
+INTERRUPTED_EXIT = 130   # 128 + SIGINT, as a shell reports a Ctrl-C
+
+
 def _expected_errors() -> tuple:
   from dhp_jax import engine, store
 
   return (store.StoreError, engine.NonFiniteError, FileNotFoundError, ValueError)
 
 
+def with_advice(error: Exception, advice: Mapping[str, str]) -> str:
+  """``error``'s message and, when it asks for advice, the binary's words for it."""
+  kind = getattr(error, "advice", None)
+  return f"{error}; {advice[kind]}" if kind in advice else str(error)
+
+
 def main(run: Callable[[flags.FlagValues], object], define: Callable[[flags.FlagValues], None],
-         argv: Sequence[str] | None = None, fv: flags.FlagValues | None = None):
+         argv: Sequence[str] | None = None, fv: flags.FlagValues | None = None,
+         advice: Mapping[str, str] = RUN_ADVICE):
   """Parses ``argv`` into ``fv`` (a fresh FlagValues unless given), then ``run(fv)``.
 
-  Expected failures end in one line on stderr and ``SystemExit(1)``, never a traceback.
+  Expected failures end in one line on stderr and ``SystemExit(1)``, never a traceback;
+  Ctrl-C in one line saying what is kept and how to go on, and exit code 130. ``advice``:
+  how this binary resumes or restarts a run (``RUN_ADVICE``, ``TABLE_ADVICE``).
   """
   fv = fv or flags.FlagValues()
   define(fv)
@@ -145,15 +165,22 @@ def main(run: Callable[[flags.FlagValues], object], define: Callable[[flags.Flag
     sys.exit(f"error: {e}\nPass --help for the flags.")
   logging.set_verbosity(logging.WARNING)   # orbax logs every checkpoint at INFO
   enable_compilation_cache(fv.jax_cache_dir)
+  from dhp_jax import engine
+
   try:
     return run(fv)
+  except engine.Interrupted as e:
+    print(with_advice(e, advice), file=sys.stderr)
+  except KeyboardInterrupt:   # outside training: every finished task is committed
+    print(f"interrupted; {advice['resume']}", file=sys.stderr)
   except _expected_errors() as e:
-    sys.exit(f"error: {e}")
+    sys.exit(f"error: {with_advice(e, advice)}")
+  sys.exit(INTERRUPTED_EXIT)
 
 
-def entry_point(run, define) -> None:
+def entry_point(run, define, advice: Mapping[str, str] = RUN_ADVICE) -> None:
   """``if __name__ == '__main__'`` of a binary: ``main`` on ``sys.argv``."""
-  main(run, define)
+  main(run, define, advice=advice)
 
 
 def check_directory_flag(flag: str, path: str) -> None:

@@ -428,8 +428,8 @@ def run(fv: flags.FlagValues) -> dict:
 
 
 def main(argv=None) -> dict:
-  return cli.main(run, define_flags, argv)
+  return cli.main(run, define_flags, argv, advice=cli.TABLE_ADVICE)
 
 
 if __name__ == "__main__":
-  cli.entry_point(run, define_flags)
+  cli.entry_point(run, define_flags, advice=cli.TABLE_ADVICE)
