@@ -237,18 +237,19 @@ def _empty_trace() -> dict:
 
 
 def _restored(run: Run, out_dir: str, commit: store.Commit, target, log) -> Progress:
-  saved = commit.results
-  if not config_lib.config_matches(saved.get("config", {}), run.config):
-    theirs = config_lib.with_defaults(saved.get("config", {}))
-    diff = {k: (theirs.get(k), v) for k, v in run.config.to_json().items()
-            if theirs.get(k) != v}
-    raise ValueError(f"--resume: the config in {out_dir} differs from this run's "
-                     f"(saved, now): {diff}")
-  done, num_tasks = commit.task, run.config.num_tasks
-  log(f"resuming {out_dir} after task {done}/{num_tasks}")
-  if done >= num_tasks or store.is_finished(saved, run.config.num_seeds):
-    return Progress(target, None, None, saved["trace"], {}, [], num_tasks, 0.0)
-  state = seeds_lib.put(store.restore_state(out_dir, commit, target), run.sharding)
+  """The progress saved in ``commit`` (or, when its checkpoint is damaged, the commit
+  before it) of the run of ``run.config`` in ``out_dir``."""
+  _check_same_config(out_dir, commit.results, run.config)
+  num_tasks = run.config.num_tasks
+  if commit.note:
+    log(commit.note)
+  if commit.task >= num_tasks or store.is_finished(commit.results, run.config.num_seeds):
+    log(f"resuming {out_dir} after task {commit.task}/{num_tasks}")
+    return Progress(target, None, None, commit.results["trace"], {}, [], num_tasks, 0.0)
+  commit, state = store.restore_or_earlier(out_dir, commit, target, log)
+  log(f"resuming {out_dir} after task {commit.task}/{num_tasks}")
+  saved, done = commit.results, commit.task
+  state = seeds_lib.put(state, run.sharding)
   acc = np.full((run.config.num_seeds, num_tasks, num_tasks), np.nan)
   diverged = {}
   for s, entry in enumerate(saved["per_seed"]):
@@ -260,6 +261,16 @@ def _restored(run: Run, out_dir: str, commit: store.Commit, target, log) -> Prog
   return Progress(state, acc, init_acc, saved["trace"], diverged,
                   list(saved.get("penalty_stability", [])), done,
                   saved.get("wall_time_s") or 0.0)
+
+
+def _check_same_config(out_dir: str, saved: dict, config: Config) -> None:
+  """ValueError listing the fields whose saved value differs from ``config``'s."""
+  if config_lib.config_matches(saved.get("config", {}), config):
+    return
+  theirs = config_lib.with_defaults(saved.get("config", {}))
+  diff = {k: (theirs.get(k), v) for k, v in config.to_json().items() if theirs.get(k) != v}
+  raise ValueError(f"the run in {out_dir} has another config than this one (field: saved, "
+                   f"now): {diff}; run its config to resume it, or use another directory")
 
 
 # ------------------------------------------------------------------ one task's steps
