@@ -73,6 +73,7 @@ def run(fv: flags.FlagValues) -> dict:
     etas = [float(e) for e in fv.etas]
   except ValueError:
     raise ValueError(f"--etas must be a list of numbers, got {fv.etas}") from None
+  cli.check_directory_flag("out_root", fv.out_root)
   overrides = cli.config_overrides(fv, cli.RUN_SIZE_FIELDS)
   for benchmark in fv.benchmarks:   # every point is DHP Softmax fine-tuning
     cli.refuse_flags_without_effect(fv, sweep_config(benchmark, fv.preset, etas[0], **overrides),

@@ -61,6 +61,7 @@ def run(fv: flags.FlagValues) -> dict:
   config = config_from_flags(fv)
   out_dir = fv.out_dir or os.path.join(
       "runs", f"{config.benchmark}_{config.preset}_{config.method}_{config.head}")
+  cli.check_directory_flag("out_dir", out_dir)
   with cli.metric_writers(fv.logdir, os.path.basename(os.path.normpath(out_dir)),
                            config) as writers:
     results = engine.train_and_evaluate(config, out_dir, data_dir=fv.data_dir,

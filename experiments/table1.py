@@ -421,6 +421,7 @@ def run(fv: flags.FlagValues) -> dict:
   if fv.tables_only:
     return {"rewritten": refresh_tables(fv.out_root)}
   check_names(fv.benchmarks, fv.rows)
+  cli.check_directory_flag("out_root", fv.out_root)
   overrides = cli.config_overrides(fv, cli.RUN_SIZE_FIELDS)
   return run_table(fv.benchmarks, fv.rows, fv.preset, overrides.pop("num_seeds"),
                    fv.out_root, seed=overrides.pop("seed"), data_dir=fv.data_dir,

@@ -6,7 +6,7 @@ import pytest
 
 from dhp_jax import config as config_lib
 from dhp_jax import engine, plotting, results as results_lib, store
-from experiments import eta_sweep, table1
+from experiments import cli, eta_sweep, table1
 
 
 def _fake_results(config, accs):
@@ -369,3 +369,21 @@ def test_side_by_side_shows_the_paired_intervals_of_every_table(tmp_path):
   # DHP − Finetune per seed: +5, +4, +6 points -> mean +5, SEM 0.577, t(0.975, 2) = 4.303.
   assert "| pair (points) | split_mnist (quick) |" in md
   assert "| dhp - finetune | +5.00 [+2.52, +7.48] 3/3 |" in md
+
+
+def test_table1_errors_name_its_own_flags(tmp_path):
+  (tmp_path / "a_file").write_text("")
+  args = ["table1.py", "--rows=dhp", "--noprogress", "--jax_cache_dir="]
+  with pytest.raises(SystemExit) as exit_:
+    table1.main([*args, f"--out_root={tmp_path / 'a_file'}"])
+  assert str(exit_.value.code).startswith(f"error: --out_root={tmp_path / 'a_file'} is a file")
+  row_dir = tmp_path / "root" / "split_mnist_quick" / "dhp"
+  row_dir.parent.mkdir(parents=True)
+  row_dir.write_text("")   # where the row's run directory should be
+  with pytest.raises(SystemExit) as exit_:
+    table1.main([*args, f"--out_root={tmp_path / 'root'}"])
+  assert str(row_dir) in str(exit_.value.code) and "--out_dir" not in str(exit_.value.code)
+  # Its advice names no run.py flag: table1 always resumes and has no --restart.
+  for kind, advice in cli.TABLE_ADVICE.items():
+    said = cli.with_advice(store.StoreError("x", advice=kind), cli.TABLE_ADVICE)
+    assert said == f"x; {advice}" and "--" not in said
