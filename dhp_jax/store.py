@@ -8,13 +8,14 @@ Layout of a run directory ``out_dir``:
 
 A commit is written whole into ``commits/<k>.tmp/`` and renamed to ``commits/<k>/``: that
 one rename is the commit point. Then commits older than the one before it are removed and
-``results.json`` refreshed. The highest-numbered ``commits/<k>/`` is the truth, so a kill at any instant
-(between any two writes included) loses at most the task in progress, and the state and
-the results of a commit can never disagree. A commit damaged later (a truncated copy, a
-bad disk) costs one task, not the run: its results are recovered from the intact
-``results.json`` beside it, else the run goes on from the commit before it. A run recorded before this layout
-(``checkpoint/{TASK,state}`` beside ``results.json``, or ``results.json`` alone, as
-``results/`` holds after a fresh clone) still reads, resumes and extends.
+``results.json`` refreshed. The highest-numbered ``commits/<k>/`` is the truth, so a kill
+at any instant (between any two writes included) loses at most the task in progress, and
+the state and the results of a commit can never disagree. A commit damaged later (a
+truncated copy, a bad disk) costs one task, not the run: its results are recovered from
+the intact ``results.json`` beside it, else the run goes on from the commit before it. A
+run recorded before this layout (``checkpoint/{TASK,state}`` beside ``results.json``, or
+``results.json`` alone, as ``results/`` holds after a fresh clone) still reads, resumes
+and extends.
 
 Every expected failure (a file where the directory should be, no permission, a full
 disk, a corrupt file, a directory in use) is a ``StoreError`` whose message names the

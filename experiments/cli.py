@@ -46,6 +46,10 @@ _HELP = {
 RUN_SIZE_FIELDS = ("num_tasks", "epochs", "num_seeds", "seed", "importance_samples",
                    "train_subset")
 DEFAULT_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "dhp_jax", "jax")
+# Where `make fetch` puts the data (the Makefile's DATA, $(CURDIR)/.data, run from the
+# checkout these binaries are in): searched by default when it exists.
+FETCHED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            ".data")
 
 
 def define_config_flags(fv: flags.FlagValues, fields: Sequence[str] = (),
@@ -100,10 +104,21 @@ def refuse_flags_without_effect(fv: flags.FlagValues, config: config_lib.Config,
                    f"or change --{config_lib.SCOPES[idle[0]].by}")
 
 
+def data_dirs(data_dir: str | None):
+  """The data search path of ``--data_dir``: itself; unset, ``$DHP_DATA_DIR``; with
+  neither, the library's default with ``FETCHED_DATA`` first when `make fetch` made it."""
+  from dhp_jax import data
+
+  if data_dir or os.environ.get(data.ENV_VAR) or not os.path.isdir(FETCHED_DATA):
+    return data_dir or None
+  return [FETCHED_DATA, *map(str, data.search_path())]
+
+
 def define_run_flags(fv: flags.FlagValues) -> None:
   """Flags of every binary that do not change the numbers."""
-  flags.DEFINE_string("data_dir", None, "Data search path (default: $DHP_DATA_DIR).",
-                      flag_values=fv)
+  flags.DEFINE_string("data_dir", None, "Data search path, os.pathsep-separated (default: "
+                      f"$DHP_DATA_DIR, else {FETCHED_DATA} if `make fetch` made it, and "
+                      "~/.cache/dhp_jax).", flag_values=fv)
   flags.DEFINE_bool("progress", True, "Show progress bars.", flag_values=fv)
   flags.DEFINE_string("jax_cache_dir", DEFAULT_CACHE, "JAX's persistent compilation cache "
                       "(a rerun skips compilation); '' turns it off.", flag_values=fv)
@@ -139,7 +154,11 @@ def _expected_errors() -> tuple:
 
 def with_advice(error: Exception, advice: Mapping[str, str]) -> str:
   """``error``'s message and, when it asks for advice, the binary's words for it."""
-  kind = getattr(error, "advice", None)
+  # Every binary's words after a data set was not found (``data.DataNotFoundError``).
+  found_nowhere = (f"pass --data_dir=DIR or set $DHP_DATA_DIR to the folder holding it "
+                   f"(`make fetch` puts MNIST and Fashion-MNIST in {FETCHED_DATA}, searched "
+                   f"by default when it exists)")
+  kind, advice = getattr(error, "advice", None), {"data": found_nowhere, **advice}
   return f"{error}; {advice[kind]}" if kind in advice else str(error)
 
 

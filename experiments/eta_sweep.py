@@ -79,7 +79,8 @@ def run(fv: flags.FlagValues) -> dict:
     cli.refuse_flags_without_effect(fv, sweep_config(benchmark, fv.preset, etas[0], **overrides),
                                     cli.RUN_SIZE_FIELDS)
   return run_sweep(fv.benchmarks, etas, fv.preset, overrides.pop("num_seeds"), fv.out_root,
-                   seed=overrides.pop("seed"), data_dir=fv.data_dir, progress=fv.progress,
+                   seed=overrides.pop("seed"), data_dir=cli.data_dirs(fv.data_dir),
+                   progress=fv.progress,
                    logdir=fv.logdir, **overrides)
 
 

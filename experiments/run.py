@@ -64,7 +64,8 @@ def run(fv: flags.FlagValues) -> dict:
   cli.check_directory_flag("out_dir", out_dir)
   with cli.metric_writers(fv.logdir, os.path.basename(os.path.normpath(out_dir)),
                            config) as writers:
-    results = engine.train_and_evaluate(config, out_dir, data_dir=fv.data_dir,
+    results = engine.train_and_evaluate(config, out_dir,
+                                        data_dir=cli.data_dirs(fv.data_dir),
                                         resume=fv.resume, restart=fv.restart,
                                         progress=fv.progress, observers=writers,
                                         stop_after_task=fv.stop_after_task)

@@ -424,7 +424,8 @@ def run(fv: flags.FlagValues) -> dict:
   cli.check_directory_flag("out_root", fv.out_root)
   overrides = cli.config_overrides(fv, cli.RUN_SIZE_FIELDS)
   return run_table(fv.benchmarks, fv.rows, fv.preset, overrides.pop("num_seeds"),
-                   fv.out_root, seed=overrides.pop("seed"), data_dir=fv.data_dir,
+                   fv.out_root, seed=overrides.pop("seed"),
+                   data_dir=cli.data_dirs(fv.data_dir),
                    progress=fv.progress, logdir=fv.logdir, **overrides)
 
 

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from dhp_jax import config as config_lib
-from dhp_jax import engine, plotting, results as results_lib, store
+from dhp_jax import data, engine, plotting, results as results_lib, store
 from experiments import cli, eta_sweep, table1
 
 
@@ -387,3 +387,24 @@ def test_table1_errors_name_its_own_flags(tmp_path):
   for kind, advice in cli.TABLE_ADVICE.items():
     said = cli.with_advice(store.StoreError("x", advice=kind), cli.TABLE_ADVICE)
     assert said == f"x; {advice}" and "--" not in said
+
+
+def test_missing_data_names_the_flag_the_variable_and_where_make_fetch_puts_it(
+    tmp_path, monkeypatch):
+  monkeypatch.delenv(data.ENV_VAR, raising=False)
+  fetched = str(tmp_path / "checkout" / ".data")
+  monkeypatch.setattr(cli, "FETCHED_DATA", fetched)
+  assert cli.data_dirs(None) is None   # no `make fetch` yet: the library's default
+  os.makedirs(fetched)
+  assert cli.data_dirs(None) == [fetched, *map(str, data.search_path())]
+  assert cli.data_dirs("/elsewhere") == "/elsewhere"
+  monkeypatch.setenv(data.ENV_VAR, "/from/env")
+  assert cli.data_dirs(None) is None   # the library reads $DHP_DATA_DIR itself
+
+  def load(fv):
+    return data.load("mnist", cli.data_dirs(fv.data_dir), source="files")
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(load, lambda fv: None, ["run.py", f"--data_dir={tmp_path / 'empty'}"])
+  message = str(exit_.value.code)
+  assert message.startswith("error: mnist: not found") and "\n" not in message
+  assert f"--data_dir=DIR or set ${data.ENV_VAR}" in message and fetched in message

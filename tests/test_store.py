@@ -273,6 +273,6 @@ def test_an_unfinished_run_without_its_checkpoint_starts_over(tmp_path, uninterr
   # Without a progress bar, one line per finished task says where the run is.
   lines = [line for line in said if " done (average accuracy " in line]
   assert len(lines) == 3 and all(re.fullmatch(
-      rf"permuted_mnist \(quick\) DHP Softmax \+ SI \(lr = 0.1\), seeds 0-1: task {t}/3 done \(average accuracy "
-      rf"\d+\.\d\d %\), elapsed (\d+m)?\d+s, ETA (\d+m)?\d+s", line)
+      rf"permuted_mnist \(quick\) DHP Softmax \+ SI \(lr = 0.1\), seeds 0-1: task {t}/3 "
+      rf"done \(average accuracy \d+\.\d\d %\), elapsed (\d+m)?\d+s, ETA (\d+m)?\d+s", line)
       for t, line in enumerate(lines, 1)), lines
