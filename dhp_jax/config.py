@@ -101,11 +101,61 @@ CHOICES = {
 }
 
 
+class Scope(NamedTuple):
+  """Where a field has an effect: in configs whose field ``by`` is one of ``values``.
+  Elsewhere only ``off`` is consistent (``Config.validate``); None: any value is (a
+  preset sets it for every config), and only a flag set by hand there is refused."""
+  by: str
+  values: tuple
+  off: object = None
+
+
+def _read_by_methods(field: str, off=None) -> Scope:
+  """The scope of a consolidation hyperparameter: the methods whose registry entry reads it."""
+  return Scope("method", tuple(name for name, m in consolidation.METHODS.items()
+                               if field in m.hyperparameters), off)
+
+
+_DHP_HEAD = ("dhp",)   # η, its constraint and α exist only in the DHP head
+SCOPES = {
+    "strength": _read_by_methods("strength", off=0.0),
+    "si_xi": _read_by_methods("si_xi"),
+    "ewc_gamma": _read_by_methods("ewc_gamma", off=1.0),
+    "fisher_mode": _read_by_methods("fisher_mode", off="exact"),
+    "mas_variant": _read_by_methods("mas_variant", off="global"),
+    "importance_samples": Scope("method", tuple(name for name, m in consolidation.METHODS.items()
+                                                if m.uses_task_data)),
+    "eta_init": Scope("head", _DHP_HEAD),
+    "eta_constraint": Scope("head", _DHP_HEAD, off="none"),
+    "freeze_alpha": Scope("head", _DHP_HEAD, off=False),
+    # The task streams that read these options (``benchmarks.STREAM_BUILDERS``).
+    "scenario": Scope("benchmark", ("split_mnist",), off="task"),
+    "vision_datasets": Scope("benchmark", ("vision_mixture",)),
+}
+
+
+def without_effect(config: Config, names) -> list:
+  """The fields among ``names`` that have no effect in ``config`` (``SCOPES``)."""
+  return [name for name in names
+          if name in SCOPES and getattr(config, SCOPES[name].by) not in SCOPES[name].values]
+
+
+def _scope_checks(c: Config) -> list:
+  """(field, ok, what is expected) for the fields set away from ``off`` outside their scope."""
+  checks = []
+  for name in without_effect(c, [n for n, scope in SCOPES.items() if scope.off is not None]):
+    by, scope = SCOPES[name].by, SCOPES[name]
+    checks.append((name, getattr(c, name) == scope.off,
+                   f"{scope.off!r} with {by} {getattr(c, by)!r}: it has an effect only with "
+                   f"{by} in {scope.values}"))
+  return checks
+
+
 def _checks(c: Config) -> list:
   """(field, ok, what is expected) for every field of ``c``."""
   checks = [(name, getattr(c, name) in known, f"one of {known}")
             for name, known in CHOICES.items()]
-  return checks + [
+  return checks + _scope_checks(c) + [
       ("num_tasks", c.num_tasks >= 1, "an integer >= 1"),
       ("epochs", c.epochs >= 1, "an integer >= 1"),
       ("batch_size", c.batch_size >= 1, "an integer >= 1"),
@@ -118,8 +168,8 @@ def _checks(c: Config) -> list:
       ("train_subset", c.train_subset >= 0, ">= 0"),
       ("vision_datasets", set(c.vision_datasets) <= set(benchmarks.VISION_DATASETS),
        f"some of {benchmarks.VISION_DATASETS}"),
-      ("freeze_alpha", not (c.freeze_alpha and c.head != "dhp"),
-       "used only with the DHP head"),
+      ("hidden", all(isinstance(w, int) and w >= 1 for w in c.hidden),
+       "a list of layer widths >= 1 (empty: no hidden layer)"),
   ]
 
 

@@ -32,6 +32,12 @@ class NonFiniteError(FloatingPointError):
   """Training produced a non-finite loss, trace or parameter in every seed."""
 
 
+class Interrupted(Exception):
+  """The run was stopped (Ctrl-C); the message says what its directory keeps.
+  ``advice``: what the binary should add (how to resume)."""
+  advice = "resume"
+
+
 class Run(NamedTuple):
   """What stays fixed during a run: the config, the seeds' data and compiled programs."""
   config: Config
@@ -61,34 +67,67 @@ class Progress(NamedTuple):
 def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_dir=None,
                        resume: bool = False, restart: bool = False,
                        stop_after_task: Optional[int] = None, progress: bool = True,
-                       log: Callable[[str], None] = print, observers: Sequence = ()) -> dict:
+                       log: Callable[[str], None] = functools.partial(print, flush=True),
+                       observers: Sequence = ()) -> dict:
   """Trains ``config.num_seeds`` seeds (vmapped) on the task stream; returns the results.
 
   Every finished task is committed to ``out_dir`` (``dhp_jax.store``); ``resume=True``
   continues from the last commit, ``restart=True`` starts the directory over.
   ``stop_after_task`` (1-based count) ends the run early, as a kill would (for tests).
   ``observers``: objects with ``epoch(task, epoch, values)`` and ``task(task, accuracy)``
-  methods (e.g. ``dhp_jax.metric_writers.MetricsWriter``), called with host values.
+  methods (e.g. ``dhp_jax.metric_writers.MetricsWriter``), called with host values, and
+  optionally ``start(results)``, called once before training with the committed results
+  the run goes on from (None: none). Without a progress bar, one line per finished task
+  goes to ``log``. Ctrl-C raises ``Interrupted`` saying which tasks are kept.
   """
   config = config.validate()
-  with _lock(out_dir):   # first: a busy directory is refused before any work
-    run = prepare(config, data_dir)
-    done = _init_or_restore(run, out_dir, resume=resume, restart=restart, log=log)
-    if done.next_task >= config.num_tasks:
-      return store.read_results(out_dir)
-    watchers = [*observers, *([_ProgressBar(run, done.next_task)] if progress else [])]
-    wall_start, results = time.time(), None
-    for t in range(done.next_task, config.num_tasks):
-      done, task_start_params = _train_task(run, done, t, out_dir, watchers, log)
-      done = _consolidate_task(run, done, t, task_start_params)
-      done = _evaluate_task(run, done, t, watchers)
-      results = _commit_task(run, done, out_dir, wall_start)
-      _warn_if_unstable(run, done.stability[-1:], log)
-      if stop_after_task is not None and t + 1 >= stop_after_task:
-        break
-    for watcher in watchers:
-      getattr(watcher, "close", lambda: None)()
+  try:
+    with _lock(out_dir):   # first: a busy directory is refused before any work
+      run = prepare(config, data_dir)
+      done = _init_or_restore(run, out_dir, resume=resume, restart=restart, log=log)
+      committed = store.read_results(out_dir) if out_dir is not None else None
+      for observer in observers:   # e.g. metrics rewound to the commit
+        getattr(observer, "start", lambda results: None)(committed)
+      if done.next_task >= config.num_tasks:
+        return committed
+      watchers = [*observers, _ProgressBar(run, done.next_task) if progress
+                  else _TaskLog(run, done.next_task, log)]
+      try:
+        return _train_tasks(run, done, out_dir, watchers, stop_after_task, log)
+      finally:
+        for watcher in watchers:
+          getattr(watcher, "close", lambda: None)()
+  except KeyboardInterrupt:
+    raise Interrupted(_kept(out_dir, config)) from None
+
+
+def _train_tasks(run: Run, done: Progress, out_dir, watchers, stop_after_task, log) -> dict:
+  """The loop: each task trained, consolidated, evaluated and committed; the results."""
+  wall_start, results = time.time(), None
+  for t in range(done.next_task, run.config.num_tasks):
+    done, task_start_params = _train_task(run, done, t, out_dir, watchers, log)
+    done = _consolidate_task(run, done, t, task_start_params)
+    done = _evaluate_task(run, done, t, watchers)
+    results = _commit_task(run, done, out_dir, wall_start)
+    _warn_if_unstable(run, done.stability[-1:], log)
+    if stop_after_task is not None and t + 1 >= stop_after_task:
+      break
   return results
+
+
+def _kept(out_dir, config: Config) -> str:
+  """What an interrupted run keeps: its last committed task."""
+  if out_dir is None:
+    return "interrupted; nothing is kept (no run directory)"
+  try:
+    results = store.read_results(out_dir)
+  except store.StoreError:
+    results = None
+  if results is None:
+    return f"interrupted before the first task was committed: {out_dir} holds nothing yet"
+  task = results.get("completed_tasks")
+  return (f"interrupted: {out_dir} keeps tasks 1-{task} of {config.num_tasks} (the last "
+          f"committed task); the task in progress is lost")
 
 
 def _lock(out_dir):
@@ -198,18 +237,19 @@ def _empty_trace() -> dict:
 
 
 def _restored(run: Run, out_dir: str, commit: store.Commit, target, log) -> Progress:
-  saved = commit.results
-  if not config_lib.config_matches(saved.get("config", {}), run.config):
-    theirs = config_lib.with_defaults(saved.get("config", {}))
-    diff = {k: (theirs.get(k), v) for k, v in run.config.to_json().items()
-            if theirs.get(k) != v}
-    raise ValueError(f"--resume: the config in {out_dir} differs from this run's "
-                     f"(saved, now): {diff}")
-  done, num_tasks = commit.task, run.config.num_tasks
-  log(f"resuming {out_dir} after task {done}/{num_tasks}")
-  if done >= num_tasks or store.is_finished(saved, run.config.num_seeds):
-    return Progress(target, None, None, saved["trace"], {}, [], num_tasks, 0.0)
-  state = seeds_lib.put(store.restore_state(out_dir, commit, target), run.sharding)
+  """The progress saved in ``commit`` (or, when its checkpoint is damaged, the commit
+  before it) of the run of ``run.config`` in ``out_dir``."""
+  _check_same_config(out_dir, commit.results, run.config)
+  num_tasks = run.config.num_tasks
+  if commit.note:
+    log(commit.note)
+  if commit.task >= num_tasks or store.is_finished(commit.results, run.config.num_seeds):
+    log(f"resuming {out_dir} after task {commit.task}/{num_tasks}")
+    return Progress(target, None, None, commit.results["trace"], {}, [], num_tasks, 0.0)
+  commit, state = store.restore_or_earlier(out_dir, commit, target, log)
+  log(f"resuming {out_dir} after task {commit.task}/{num_tasks}")
+  saved, done = commit.results, commit.task
+  state = seeds_lib.put(state, run.sharding)
   acc = np.full((run.config.num_seeds, num_tasks, num_tasks), np.nan)
   diverged = {}
   for s, entry in enumerate(saved["per_seed"]):
@@ -221,6 +261,16 @@ def _restored(run: Run, out_dir: str, commit: store.Commit, target, log) -> Prog
   return Progress(state, acc, init_acc, saved["trace"], diverged,
                   list(saved.get("penalty_stability", [])), done,
                   saved.get("wall_time_s") or 0.0)
+
+
+def _check_same_config(out_dir: str, saved: dict, config: Config) -> None:
+  """ValueError listing the fields whose saved value differs from ``config``'s."""
+  if config_lib.config_matches(saved.get("config", {}), config):
+    return
+  theirs = config_lib.with_defaults(saved.get("config", {}))
+  diff = {k: (theirs.get(k), v) for k, v in config.to_json().items() if theirs.get(k) != v}
+  raise ValueError(f"the run in {out_dir} has another config than this one (field: saved, "
+                   f"now): {diff}; run its config to resume it, or use another directory")
 
 
 # ------------------------------------------------------------------ one task's steps
@@ -353,6 +403,36 @@ def _commit_task(run: Run, done: Progress, out_dir, wall_start: float) -> dict:
   if out_dir is not None:
     store.commit(out_dir, task, results, done.state)
   return results
+
+
+def _duration(seconds: float) -> str:
+  """'2h05m', '3m07s', '12s'."""
+  minutes, secs = divmod(int(round(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else \
+      f"{secs}s"
+
+
+class _TaskLog:
+  """One line per finished task when there is no progress bar, so a long run with
+  --noprogress (e.g. a campaign writing to a log file) says where it is."""
+
+  def __init__(self, run: Run, first_task: int, log):
+    c = run.config
+    self.log, self.first, self.total, self.tic = log, first_task, c.num_tasks, time.time()
+    seeds = f"seed {run.seeds[0]}" if len(run.seeds) == 1 else \
+        f"seeds {run.seeds[0]}-{run.seeds[-1]}"
+    self.name = f"{c.benchmark} ({c.preset}) {config_lib.row_label(c)}, {seeds}"
+
+  def epoch(self, task: int, epoch: int, values: dict) -> None:
+    del task, epoch, values
+
+  def task(self, task: int, accuracy) -> None:
+    elapsed = time.time() - self.tic
+    left = (self.total - task - 1) * elapsed / (task + 1 - self.first)
+    average = np.nanmean(np.asarray(accuracy, float)[:, :task + 1])
+    self.log(f"{self.name}: task {task + 1}/{self.total} done (average accuracy "
+             f"{100 * average:.2f} %), elapsed {_duration(elapsed)}, ETA {_duration(left)}")
 
 
 class _ProgressBar:

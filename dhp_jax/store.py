@@ -7,12 +7,15 @@ Layout of a run directory ``out_dir``:
   ``.lock``                      flock-ed by the process using the directory (its pid inside)
 
 A commit is written whole into ``commits/<k>.tmp/`` and renamed to ``commits/<k>/``: that
-one rename is the commit point. Then older commits are removed and ``results.json``
-refreshed. The highest-numbered ``commits/<k>/`` is the truth, so a kill at any instant
-(between any two writes included) loses at most the task in progress, and the state and
-the results of a commit can never disagree. A run recorded before this layout
-(``checkpoint/{TASK,state}`` beside ``results.json``, or ``results.json`` alone, as
-``results/`` holds after a fresh clone) still reads, resumes and extends.
+one rename is the commit point. Then commits older than the one before it are removed and
+``results.json`` refreshed. The highest-numbered ``commits/<k>/`` is the truth, so a kill
+at any instant (between any two writes included) loses at most the task in progress, and
+the state and the results of a commit can never disagree. A commit damaged later (a
+truncated copy, a bad disk) costs one task, not the run: its results are recovered from
+the intact ``results.json`` beside it, else the run goes on from the commit before it. A
+run recorded before this layout (``checkpoint/{TASK,state}`` beside ``results.json``, or
+``results.json`` alone, as ``results/`` holds after a fresh clone) still reads, resumes
+and extends.
 
 Every expected failure (a file where the directory should be, no permission, a full
 disk, a corrupt file, a directory in use) is a ``StoreError`` whose message names the
@@ -37,20 +40,29 @@ COMMITS = "commits"
 RESULTS = "results.json"
 LOCK = ".lock"
 _LEGACY_CHECKPOINTS = ("checkpoint", "checkpoint.tmp", "checkpoint.old")
-RESTART_ADVICE = ("to start that run over, delete the directory (or rerun run.py with "
-                  "--restart)")
+# The latest commit and the one before it: the run can go on from the earlier one when
+# the latest is damaged.
+KEPT_COMMITS = 2
 
 
 class StoreError(Exception):
-  """A run directory that cannot be used as asked; the message says why and what to do."""
+  """A run directory that cannot be used as asked; the message says why and what to do.
+  ``advice``: 'resume' when the run can go on from its last commit, 'restart' when it can
+  only start over (the binary says how: its flags), else None."""
+
+  def __init__(self, message: str, advice: Optional[str] = None):
+    super().__init__(message)
+    self.advice = advice
 
 
 class Commit(NamedTuple):
   """The latest finished task of a run: its results and where its state is (None: a
-  results-only record, e.g. a fresh clone's ``results/`` or merged seeds)."""
+  results-only record, e.g. a fresh clone's ``results/`` or merged seeds). ``note``: how
+  it was recovered from a damaged later commit ('' when nothing was damaged)."""
   task: int
   results: dict
   state_path: Optional[str]
+  note: str = ""
 
 
 # ------------------------------------------------------------------ file primitives
@@ -103,12 +115,11 @@ def read_json(path: str) -> dict:
     with open(path) as f:
       payload = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise StoreError(f"{path} is corrupt or truncated ({e}); "
-                     f"{RESTART_ADVICE}") from None
+    raise StoreError(f"{path} is corrupt or truncated ({e})", advice="restart") from None
   except OSError as e:
     raise StoreError(f"cannot read {path}: {e.strerror}") from None
   if not isinstance(payload, dict):
-    raise StoreError(f"{path} holds no results object; {RESTART_ADVICE}")
+    raise StoreError(f"{path} holds no results object", advice="restart")
   return payload
 
 
@@ -117,16 +128,16 @@ def read_json(path: str) -> dict:
 def check_out_dir(out_dir: str) -> None:
   """Creates ``out_dir`` if needed; StoreError when it is a file or not writable."""
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-    raise StoreError(f"--out_dir {out_dir} is a file, expected a directory: pass another "
-                     f"path or move the file away")
+    raise StoreError(f"the run directory {out_dir} is a file: use another path or move "
+                     f"the file away")
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:
-    raise StoreError(f"cannot create --out_dir {out_dir}: {e.strerror}; pass a "
+    raise StoreError(f"cannot create the run directory {out_dir}: {e.strerror}; use a "
                      f"directory you can write to") from None
   if not os.access(out_dir, os.W_OK | os.X_OK):
-    raise StoreError(f"--out_dir {out_dir} is not writable; pass a directory you can "
-                     f"write to")
+    raise StoreError(f"the run directory {out_dir} is not writable; use a directory you "
+                     f"can write to")
 
 
 @contextlib.contextmanager
@@ -145,7 +156,7 @@ def locked(out_dir: str):
     holder = os.read(fd, 4096).decode(errors="replace").strip() or "unknown"
     os.close(fd)
     raise StoreError(f"{out_dir} is in use by another run (process {holder}); wait for "
-                     f"it to finish or stop it, or pass another --out_dir") from None
+                     f"it to finish or stop it, or use another directory") from None
   try:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()} on {socket.gethostname()}: {' '.join(sys.argv)}".encode())
@@ -174,7 +185,7 @@ def _legacy_commit(out_dir: str) -> Optional[Commit]:
   results = read_json(results_path)
   task = results.get("completed_tasks")
   if not isinstance(task, int):
-    raise StoreError(f"{results_path} has no completed_tasks count; {RESTART_ADVICE}")
+    raise StoreError(f"{results_path} has no completed_tasks count", advice="restart")
   for name in _LEGACY_CHECKPOINTS:   # the old writer's order left one of these whole
     folder = os.path.join(out_dir, name)
     try:
@@ -186,15 +197,55 @@ def _legacy_commit(out_dir: str) -> Optional[Commit]:
   return Commit(task, results, None)
 
 
+def _read_commit(task: int, folder: str, results: Optional[dict] = None) -> Commit:
+  if results is None:
+    results = read_json(os.path.join(folder, RESULTS))
+  state = os.path.join(folder, "state")
+  return Commit(task, results, state if os.path.isdir(state) else None)
+
+
+def _intact_copy(out_dir: str, task: int) -> Optional[dict]:
+  """``results.json`` beside the commits when it reads and is the copy of task ``task``."""
+  path = os.path.join(out_dir, RESULTS)
+  try:
+    copy = read_json(path) if os.path.exists(path) else None
+  except StoreError:
+    return None
+  return copy if copy is not None and copy.get("completed_tasks") == task else None
+
+
+def _earlier_commit(out_dir: str, task: int) -> Optional[Commit]:
+  """The newest commit before task ``task`` whose results read, or None."""
+  for earlier, folder in reversed(_commit_dirs(out_dir)):
+    if earlier < task:
+      try:
+        return _read_commit(earlier, folder)
+      except StoreError:
+        continue
+  return None
+
+
 def latest_commit(out_dir: str) -> Optional[Commit]:
-  """The run's latest commit, or None when ``out_dir`` holds no run."""
+  """The run's latest commit, or None when ``out_dir`` holds no run. When the latest
+  commit's results are damaged: recovered from the intact copy beside it, else the
+  commit before it (``Commit.note`` says which); StoreError when neither exists."""
   dirs = _commit_dirs(out_dir)
   if not dirs:
     return _legacy_commit(out_dir)
   task, folder = dirs[-1]
-  results = read_json(os.path.join(folder, RESULTS))
-  state = os.path.join(folder, "state")
-  return Commit(task, results, state if os.path.isdir(state) else None)
+  try:
+    return _read_commit(task, folder)
+  except StoreError as damaged:
+    copy = _intact_copy(out_dir, task)
+    if copy is not None:
+      return _read_commit(task, folder, copy)._replace(
+          note=f"{damaged}; its intact copy {os.path.join(out_dir, RESULTS)} is used instead")
+    earlier = _earlier_commit(out_dir, task)
+    if earlier is None:
+      raise StoreError(f"{damaged}; there is no intact copy or earlier commit to recover "
+                       f"from", advice="restart") from None
+    return earlier._replace(note=f"{damaged}; going on from the commit before it (tasks "
+                                 f"1-{earlier.task}): task {task} is trained again")
 
 
 def read_results(out_dir: str) -> Optional[dict]:
@@ -212,13 +263,45 @@ def restore_state(out_dir: str, commit: Commit, target):
   if commit.state_path is None:
     raise StoreError(f"the run in {out_dir} (task {commit.task}/"
                      f"{commit.results.get('num_tasks')}) has no saved state to resume "
-                     f"from; {RESTART_ADVICE}")
+                     f"from", advice="restart")
   try:
     state = ocp.StandardCheckpointer().restore(commit.state_path, jax.device_get(target))
   except Exception as e:   # orbax raises many types for a damaged checkpoint
+    _ignore_closed_loop_callbacks()
     raise StoreError(f"the checkpoint {commit.state_path} cannot be restored "
-                     f"({type(e).__name__}: {str(e)[:200]}); {RESTART_ADVICE}") from None
+                     f"({type(e).__name__}: {str(e)[:200]})", advice="restart") from None
   return jax.tree.map(jnp.asarray, state)
+
+
+def restore_or_earlier(out_dir: str, commit: Commit, target, log) -> tuple[Commit, Any]:
+  """(commit, state): ``commit``'s state or, when its checkpoint is damaged, the commit
+  before it and its state (the tasks after it are trained again; said in ``log``)."""
+  try:
+    return commit, restore_state(out_dir, commit, target)
+  except StoreError as damaged:
+    earlier = _earlier_commit(out_dir, commit.task)
+    if earlier is None or earlier.state_path is None:
+      raise StoreError(f"{damaged}; there is no earlier commit to go on from",
+                       advice="restart") from None
+    log(f"{damaged}; going on from the commit before it (tasks 1-{earlier.task}): task "
+        f"{commit.task} is trained again")
+    return earlier, restore_state(out_dir, earlier, target)
+
+
+def _ignore_closed_loop_callbacks() -> None:
+  """After a failed restore, tensorstore's reads still in flight complete into orbax's
+  closed event loop, and Python prints each 'Event loop is closed' as an unraisable
+  traceback after the error: dropped, anything else still goes to the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "ignores_closed_loop", False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+  hook.ignores_closed_loop = True
+  sys.unraisablehook = hook
 
 
 # ------------------------------------------------------------------------ writing
@@ -226,8 +309,8 @@ def restore_state(out_dir: str, commit: Commit, target):
 def _disk_error(e: OSError, path: str, out_dir: str, done: int) -> StoreError:
   what = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
   kept = f"tasks 1-{done} are committed" if done else "no task was committed yet"
-  return StoreError(f"could not write {path}: {what}. In {out_dir} {kept}; fix that and "
-                    f"rerun with --resume")
+  return StoreError(f"could not write {path}: {what}. In {out_dir} {kept}; fix that first",
+                    advice="resume")
 
 
 def commit(out_dir: str, task: int, results: dict, state=None) -> None:
@@ -252,9 +335,10 @@ def commit(out_dir: str, task: int, results: dict, state=None) -> None:
 
 
 def _tidy(out_dir: str, task: int, results: dict) -> None:
-  """After a commit: older commits and pre-v2 checkpoints go, results.json follows."""
+  """After a commit: commits before the ``KEPT_COMMITS`` latest and pre-v2 checkpoints go,
+  results.json follows."""
   for older, folder in _commit_dirs(out_dir):
-    if older < task:
+    if older <= task - KEPT_COMMITS:
       _remove_tree(folder)
   for name in _LEGACY_CHECKPOINTS:
     _remove_tree(os.path.join(out_dir, name))
@@ -266,14 +350,20 @@ def _tidy(out_dir: str, task: int, results: dict) -> None:
 
 
 def sync(out_dir: str) -> Optional[Commit]:
-  """The latest commit, unfinished ``.tmp`` commits removed and ``results.json`` brought
-  up to it (a kill may have come between the commit and the copy)."""
+  """The latest commit, unfinished ``.tmp`` commits removed, damaged results recovered
+  from the copy rewritten, and ``results.json`` brought up to it (a kill may have come
+  between the commit and the copy)."""
   root = os.path.join(out_dir, COMMITS)
   for name in os.listdir(root) if os.path.isdir(root) else ():
     if name.endswith(".tmp"):
       _remove_tree(os.path.join(root, name))
   found = latest_commit(out_dir)
-  if found is not None and _commit_dirs(out_dir):
+  dirs = _commit_dirs(out_dir)
+  if found is not None and found.note and dirs and dirs[-1][0] == found.task:
+    # Its results were damaged and recovered from the copy: repaired, so the commit can
+    # be gone back to later.
+    write_json_atomic(os.path.join(dirs[-1][1], RESULTS), found.results)
+  if found is not None and dirs:
     path = os.path.join(out_dir, RESULTS)
     try:
       current = read_json(path) if os.path.exists(path) else None
@@ -320,11 +410,16 @@ def is_finished(results: dict, num_seeds: int) -> bool:
 
 
 def is_complete(out_dir: str, config) -> bool:
-  """True when ``out_dir`` holds a finished run of exactly ``config``."""
+  """True when ``out_dir`` holds a finished run of ``config``, or of ``config`` with more
+  seeds (seeds added later): those hold every seed ``config`` asks for."""
   results = read_results(out_dir)
-  return (results is not None
-          and config_lib.config_matches(results.get("config", {}), config)
-          and is_finished(results, config.num_seeds))
+  if results is None:
+    return False
+  held = results.get("config", {}).get("num_seeds", 1)
+  return (held >= config.num_seeds
+          and config_lib.config_matches(results.get("config", {}),
+                                        dataclasses.replace(config, num_seeds=held))
+          and is_finished(results, held))
 
 
 def seeds_to_extend(out_dir: str, config) -> int:
@@ -337,5 +432,4 @@ def seeds_to_extend(out_dir: str, config) -> int:
   held = results.get("config", {}).get("num_seeds", 1)
   if held >= config.num_seeds:
     return 0
-  fewer = dataclasses.replace(config, num_seeds=held)
-  return held if is_complete(out_dir, fewer) else 0
+  return held if is_complete(out_dir, dataclasses.replace(config, num_seeds=held)) else 0

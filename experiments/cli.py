@@ -5,7 +5,8 @@ type from the field's default, enums from ``config.CHOICES``; default None = the
 preset's value); ``config_overrides(fv, fields)`` reads them back for ``make_config``.
 ``main(run, define)`` is every binary's entry point: it parses, turns on JAX's
 persistent compilation cache and turns every expected failure (bad flag, corrupt or busy
-run directory, missing data, divergence) into one line on stderr and exit code 1.
+run directory, missing data, divergence) into one line on stderr and exit code 1, and a
+Ctrl-C into one line saying what is kept and how to go on (exit code 130).
 """
 from __future__ import annotations
 
@@ -45,6 +46,10 @@ _HELP = {
 RUN_SIZE_FIELDS = ("num_tasks", "epochs", "num_seeds", "seed", "importance_samples",
                    "train_subset")
 DEFAULT_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "dhp_jax", "jax")
+# Where `make fetch` puts the data (the Makefile's DATA, $(CURDIR)/.data, run from the
+# checkout these binaries are in): searched by default when it exists.
+FETCHED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            ".data")
 
 
 def define_config_flags(fv: flags.FlagValues, fields: Sequence[str] = (),
@@ -83,10 +88,37 @@ def config_overrides(fv: flags.FlagValues, fields: Sequence[str]) -> dict:
   return values
 
 
+def refuse_flags_without_effect(fv: flags.FlagValues, config: config_lib.Config,
+                                names: Sequence[str]) -> None:
+  """ValueError naming every flag among ``names`` set on the command line that has no
+  effect in ``config`` (``config.SCOPES``), so it is not recorded as if it had one."""
+  idle = config_lib.without_effect(config, [name for name in names if fv[name].present])
+  if not idle:
+    return
+  reasons = []
+  for name in idle:
+    scope = config_lib.SCOPES[name]
+    reasons.append(f"--{name} has no effect with --{scope.by}={getattr(config, scope.by)} "
+                   f"(only with --{scope.by} in {list(scope.values)})")
+  raise ValueError("; ".join(reasons) + f": drop {', '.join('--' + n for n in idle)} "
+                   f"or change --{config_lib.SCOPES[idle[0]].by}")
+
+
+def data_dirs(data_dir: str | None):
+  """The data search path of ``--data_dir``: itself; unset, ``$DHP_DATA_DIR``; with
+  neither, the library's default with ``FETCHED_DATA`` first when `make fetch` made it."""
+  from dhp_jax import data
+
+  if data_dir or os.environ.get(data.ENV_VAR) or not os.path.isdir(FETCHED_DATA):
+    return data_dir or None
+  return [FETCHED_DATA, *map(str, data.search_path())]
+
+
 def define_run_flags(fv: flags.FlagValues) -> None:
   """Flags of every binary that do not change the numbers."""
-  flags.DEFINE_string("data_dir", None, "Data search path (default: $DHP_DATA_DIR).",
-                      flag_values=fv)
+  flags.DEFINE_string("data_dir", None, "Data search path, os.pathsep-separated (default: "
+                      f"$DHP_DATA_DIR, else {FETCHED_DATA} if `make fetch` made it, and "
+                      "~/.cache/dhp_jax).", flag_values=fv)
   flags.DEFINE_bool("progress", True, "Show progress bars.", flag_values=fv)
   flags.DEFINE_string("jax_cache_dir", DEFAULT_CACHE, "JAX's persistent compilation cache "
                       "(a rerun skips compilation); '' turns it off.", flag_values=fv)
@@ -104,17 +136,40 @@ def enable_compilation_cache(path: str) -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+# What a binary tells its user to do next, by the ``advice`` an error carries ('resume':
+# the run can go on from its last commit; 'restart': it cannot, and must start over).
+RUN_ADVICE = {"resume": "to go on, rerun the same command with --resume",
+              "restart": "rerun with --restart to start that run over"}
+TABLE_ADVICE = {"resume": "to go on, rerun the same command: what is finished is skipped "
+                          "and this run resumes",
+                "restart": "delete that run's directory to train it again"}
+INTERRUPTED_EXIT = 130   # 128 + SIGINT, as a shell reports a Ctrl-C
+
+
 def _expected_errors() -> tuple:
   from dhp_jax import engine, store
 
   return (store.StoreError, engine.NonFiniteError, FileNotFoundError, ValueError)
 
 
+def with_advice(error: Exception, advice: Mapping[str, str]) -> str:
+  """``error``'s message and, when it asks for advice, the binary's words for it."""
+  # Every binary's words after a data set was not found (``data.DataNotFoundError``).
+  found_nowhere = (f"pass --data_dir=DIR or set $DHP_DATA_DIR to the folder holding it "
+                   f"(`make fetch` puts MNIST and Fashion-MNIST in {FETCHED_DATA}, searched "
+                   f"by default when it exists)")
+  kind, advice = getattr(error, "advice", None), {"data": found_nowhere, **advice}
+  return f"{error}; {advice[kind]}" if kind in advice else str(error)
+
+
 def main(run: Callable[[flags.FlagValues], object], define: Callable[[flags.FlagValues], None],
-         argv: Sequence[str] | None = None, fv: flags.FlagValues | None = None):
+         argv: Sequence[str] | None = None, fv: flags.FlagValues | None = None,
+         advice: Mapping[str, str] = RUN_ADVICE):
   """Parses ``argv`` into ``fv`` (a fresh FlagValues unless given), then ``run(fv)``.
 
-  Expected failures end in one line on stderr and ``SystemExit(1)``, never a traceback.
+  Expected failures end in one line on stderr and ``SystemExit(1)``, never a traceback;
+  Ctrl-C in one line saying what is kept and how to go on, and exit code 130. ``advice``:
+  how this binary resumes or restarts a run (``RUN_ADVICE``, ``TABLE_ADVICE``).
   """
   fv = fv or flags.FlagValues()
   define(fv)
@@ -129,15 +184,37 @@ def main(run: Callable[[flags.FlagValues], object], define: Callable[[flags.Flag
     sys.exit(f"error: {e}\nPass --help for the flags.")
   logging.set_verbosity(logging.WARNING)   # orbax logs every checkpoint at INFO
   enable_compilation_cache(fv.jax_cache_dir)
+  from dhp_jax import engine
+
   try:
     return run(fv)
+  except engine.Interrupted as e:
+    print(with_advice(e, advice), file=sys.stderr)
+  except KeyboardInterrupt:   # outside training: every finished task is committed
+    print(f"interrupted; {advice['resume']}", file=sys.stderr)
   except _expected_errors() as e:
-    sys.exit(f"error: {e}")
+    sys.exit(f"error: {with_advice(e, advice)}")
+  sys.exit(INTERRUPTED_EXIT)
 
 
-def entry_point(run, define) -> None:
+def entry_point(run, define, advice: Mapping[str, str] = RUN_ADVICE) -> None:
   """``if __name__ == '__main__'`` of a binary: ``main`` on ``sys.argv``."""
-  main(run, define)
+  main(run, define, advice=advice)
+
+
+def check_directory_flag(flag: str, path: str) -> None:
+  """Creates the directory ``path`` given as ``--<flag>`` if needed; ValueError naming the
+  flag when it is a file, under one, or not writable."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"--{flag}={path} is a file, expected a directory: pass another path "
+                     f"or move the file away")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"--{flag}={path}: cannot create the directory ({e.strerror}); pass "
+                     f"a directory you can write to") from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise ValueError(f"--{flag}={path} is not writable; pass a directory you can write to")
 
 
 @contextlib.contextmanager
@@ -148,6 +225,7 @@ def metric_writers(logdir, run: str, config):
     return
   from dhp_jax.metric_writers import MetricsWriter
 
+  check_directory_flag("logdir", logdir)
   writer = MetricsWriter(logdir, run, range(config.seed, config.seed + config.num_seeds),
                          config.epochs)
   try:

@@ -23,6 +23,11 @@ from experiments import cli
 ETAS = (0.1, 0.01, 0.001, 0.0005, 0.0001)
 
 
+def sweep_config(benchmark: str, preset: str, eta: float, **overrides):
+  """The config of one point: DHP Softmax fine-tuned from η₀ = ``eta``."""
+  return make_config(benchmark, preset, "finetune", head="dhp", eta_init=eta, **overrides)
+
+
 def run_sweep(benchmarks, etas, preset, num_seeds, out_root, *, seed=0, data_dir=None,
               progress=True, logdir=None, **overrides) -> dict:
   """Returns ``{benchmark: {"eta": [...], "mean": [...], "sem": [...]}}`` (fractions)."""
@@ -31,8 +36,8 @@ def run_sweep(benchmarks, etas, preset, num_seeds, out_root, *, seed=0, data_dir
   for benchmark in benchmarks:
     points = {"eta": [], "mean": [], "sem": []}
     for eta in etas:
-      config = make_config(benchmark, preset, "finetune", head="dhp", eta_init=eta,
-                           num_seeds=num_seeds, seed=seed, **overrides)
+      config = sweep_config(benchmark, preset, eta, num_seeds=num_seeds, seed=seed,
+                            **overrides)
       out_dir = os.path.join(sweep_dir, benchmark, f"eta_{eta:g}")
       if store.is_complete(out_dir, config):
         results = store.read_results(out_dir)
@@ -68,15 +73,20 @@ def run(fv: flags.FlagValues) -> dict:
     etas = [float(e) for e in fv.etas]
   except ValueError:
     raise ValueError(f"--etas must be a list of numbers, got {fv.etas}") from None
+  cli.check_directory_flag("out_root", fv.out_root)
   overrides = cli.config_overrides(fv, cli.RUN_SIZE_FIELDS)
+  for benchmark in fv.benchmarks:   # every point is DHP Softmax fine-tuning
+    cli.refuse_flags_without_effect(fv, sweep_config(benchmark, fv.preset, etas[0], **overrides),
+                                    cli.RUN_SIZE_FIELDS)
   return run_sweep(fv.benchmarks, etas, fv.preset, overrides.pop("num_seeds"), fv.out_root,
-                   seed=overrides.pop("seed"), data_dir=fv.data_dir, progress=fv.progress,
+                   seed=overrides.pop("seed"), data_dir=cli.data_dirs(fv.data_dir),
+                   progress=fv.progress,
                    logdir=fv.logdir, **overrides)
 
 
 def main(argv=None) -> dict:
-  return cli.main(run, define_flags, argv)
+  return cli.main(run, define_flags, argv, advice=cli.TABLE_ADVICE)
 
 
 if __name__ == "__main__":
-  cli.entry_point(run, define_flags)
+  cli.entry_point(run, define_flags, advice=cli.TABLE_ADVICE)

@@ -40,8 +40,10 @@ def define_flags(fv: flags.FlagValues) -> None:
 def config_from_flags(fv: flags.FlagValues) -> config_lib.Config:
   fields = [f.name for f in dataclasses.fields(config_lib.Config)
             if f.name not in _CHOSEN_FIRST]
-  return config_lib.make_config(fv.benchmark, fv.preset, fv.method,
-                                **cli.config_overrides(fv, fields))
+  config = config_lib.make_config(fv.benchmark, fv.preset, fv.method,
+                                  **cli.config_overrides(fv, fields))
+  cli.refuse_flags_without_effect(fv, config, fields)
+  return config
 
 
 def write_figures(config: config_lib.Config, results: dict, out_dir: str) -> None:
@@ -53,12 +55,17 @@ def write_figures(config: config_lib.Config, results: dict, out_dir: str) -> Non
 
 def run(fv: flags.FlagValues) -> dict:
   """Runs the experiment the parsed flags describe; returns the results payload."""
+  if fv.resume and fv.restart:
+    raise ValueError("--resume and --restart exclude each other (--resume continues the "
+                     "run in --out_dir, --restart deletes it and starts over): pass one")
   config = config_from_flags(fv)
   out_dir = fv.out_dir or os.path.join(
       "runs", f"{config.benchmark}_{config.preset}_{config.method}_{config.head}")
+  cli.check_directory_flag("out_dir", out_dir)
   with cli.metric_writers(fv.logdir, os.path.basename(os.path.normpath(out_dir)),
                            config) as writers:
-    results = engine.train_and_evaluate(config, out_dir, data_dir=fv.data_dir,
+    results = engine.train_and_evaluate(config, out_dir,
+                                        data_dir=cli.data_dirs(fv.data_dir),
                                         resume=fv.resume, restart=fv.restart,
                                         progress=fv.progress, observers=writers,
                                         stop_after_task=fv.stop_after_task)

@@ -421,15 +421,17 @@ def run(fv: flags.FlagValues) -> dict:
   if fv.tables_only:
     return {"rewritten": refresh_tables(fv.out_root)}
   check_names(fv.benchmarks, fv.rows)
+  cli.check_directory_flag("out_root", fv.out_root)
   overrides = cli.config_overrides(fv, cli.RUN_SIZE_FIELDS)
   return run_table(fv.benchmarks, fv.rows, fv.preset, overrides.pop("num_seeds"),
-                   fv.out_root, seed=overrides.pop("seed"), data_dir=fv.data_dir,
+                   fv.out_root, seed=overrides.pop("seed"),
+                   data_dir=cli.data_dirs(fv.data_dir),
                    progress=fv.progress, logdir=fv.logdir, **overrides)
 
 
 def main(argv=None) -> dict:
-  return cli.main(run, define_flags, argv)
+  return cli.main(run, define_flags, argv, advice=cli.TABLE_ADVICE)
 
 
 if __name__ == "__main__":
-  cli.entry_point(run, define_flags)
+  cli.entry_point(run, define_flags, advice=cli.TABLE_ADVICE)

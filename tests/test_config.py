@@ -110,6 +110,25 @@ def test_every_vocabulary_is_its_owners_tuple():
   # Every string field of Config is one of a vocabulary, and every value of it validates.
   assert {f.name for f in dataclasses.fields(config_lib.Config) if f.type == "str"} == set(
       choices)
+  # (where the field has an effect: see test_a_field_set_outside_its_scope_is_refused).
   for name, values in choices.items():
+    scope = config_lib.SCOPES.get(name)
+    where = {scope.by: scope.values[0]} if scope else {}
     for value in values:
-      dataclasses.replace(config_lib.Config(), **{name: value}).validate()
+      dataclasses.replace(config_lib.Config(), **where, **{name: value}).validate()
+
+
+def test_a_field_set_outside_its_scope_is_refused():
+  # Every Table I row of every table and preset is consistent (recorded runs reload).
+  for table in config_lib.TABLES:
+    for preset in config_lib.PRESET_NAMES:
+      for row in config_lib.ROWS:
+        config_lib.row_config(table, preset, row)
+  with pytest.raises(ValueError, match=r"strength must be 0.0 with method 'finetune'"):
+    config_lib.make_config("permuted_mnist", method="finetune", strength=5.0)
+  with pytest.raises(ValueError, match=r"mas_variant must be 'global' with method 'si'"):
+    config_lib.make_config("split_mnist", method="si", mas_variant="local")
+  config = config_lib.make_config("split_mnist", method="si", head="matched")
+  assert config_lib.without_effect(config, ["si_xi", "eta_init", "vision_datasets"]) == [
+      "eta_init", "vision_datasets"]
+  assert config_lib.SCOPES["strength"].values == ("ewc", "online_ewc", "si", "mas")

@@ -250,6 +250,28 @@ def test_bad_flags_error_before_training(bad, capsys):
   assert exit_.value.code != 0 and "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, named", [
+    (["--method=finetune", "--strength=5"], ["strength", "method 'finetune'"]),
+    (["--head=matched", "--eta_constraint=project"], ["eta_constraint", "head 'matched'"]),
+    (["--scenario=class"], ["scenario", "benchmark 'permuted_mnist'"]),
+    (["--method=mas", "--si_xi=0.5"], ["--si_xi", "--method=mas", "drop --si_xi"]),
+    (["--head=matched", "--eta_init=0.1"], ["--eta_init", "--head=matched"]),
+    (["--restart", "--resume"], ["--resume", "--restart"]),
+    (["--hidden=0"], ["hidden", ">= 1"]),
+    (["--hidden=400,x"], ["--hidden", "integers"]),
+    (["--logdir={tmp}/a_file"], ["--logdir", "is a file"]),
+])
+def test_flags_that_do_not_apply_or_cannot_work_are_refused_by_name(args, named, tmp_path):
+  (tmp_path / "a_file").write_text("")
+  args = [a.format(tmp=tmp_path) for a in args]
+  with pytest.raises(SystemExit) as exit_:
+    run_binary.main(["run.py", *args, f"--out_dir={tmp_path / 'run'}"])
+  message = str(exit_.value.code)
+  assert message.startswith("error: ") and "\n" not in message
+  assert all(name in message for name in named), message
+  assert not os.path.exists(tmp_path / "run" / "results.json")
+
+
 def test_freeze_alpha_needs_dhp_and_keeps_alpha_zero(tmp_path, mnist):
   with pytest.raises(SystemExit, match="freeze_alpha"):
     run_binary.main(["run.py", "--freeze_alpha", "--head=matched"])

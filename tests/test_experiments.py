@@ -5,8 +5,8 @@ import os
 import pytest
 
 from dhp_jax import config as config_lib
-from dhp_jax import engine, plotting, results as results_lib
-from experiments import eta_sweep, table1
+from dhp_jax import data, engine, plotting, results as results_lib, store
+from experiments import cli, eta_sweep, table1
 
 
 def _fake_results(config, accs):
@@ -355,6 +355,13 @@ def test_more_seeds_train_only_the_missing_ones_and_merge(tmp_path):
   assert merged["config"]["num_seeds"] == 3 and merged["wall_time_s"] == 120.0
   table1.run_table(["split_mnist"], ["finetune"], "quick", 3, str(tmp_path),
                    train=_must_not_train)   # now complete
+  # ... and complete for the original one-seed command too: it holds seed 0.
+  table1.run_table(["split_mnist"], ["finetune"], "quick", 1, str(tmp_path),
+                   train=_must_not_train)
+  asked = table1.row_config("split_mnist", "quick", "finetune", num_seeds=2)
+  assert store.is_complete(os.path.join(bench_dir, "finetune"), asked)
+  other_seeds = table1.row_config("split_mnist", "quick", "finetune", num_seeds=2, seed=5)
+  assert not store.is_complete(os.path.join(bench_dir, "finetune"), other_seeds)
 
 
 def test_side_by_side_shows_the_paired_intervals_of_every_table(tmp_path):
@@ -362,3 +369,42 @@ def test_side_by_side_shows_the_paired_intervals_of_every_table(tmp_path):
   # DHP − Finetune per seed: +5, +4, +6 points -> mean +5, SEM 0.577, t(0.975, 2) = 4.303.
   assert "| pair (points) | split_mnist (quick) |" in md
   assert "| dhp - finetune | +5.00 [+2.52, +7.48] 3/3 |" in md
+
+
+def test_table1_errors_name_its_own_flags(tmp_path):
+  (tmp_path / "a_file").write_text("")
+  args = ["table1.py", "--rows=dhp", "--noprogress", "--jax_cache_dir="]
+  with pytest.raises(SystemExit) as exit_:
+    table1.main([*args, f"--out_root={tmp_path / 'a_file'}"])
+  assert str(exit_.value.code).startswith(f"error: --out_root={tmp_path / 'a_file'} is a file")
+  row_dir = tmp_path / "root" / "split_mnist_quick" / "dhp"
+  row_dir.parent.mkdir(parents=True)
+  row_dir.write_text("")   # where the row's run directory should be
+  with pytest.raises(SystemExit) as exit_:
+    table1.main([*args, f"--out_root={tmp_path / 'root'}"])
+  assert str(row_dir) in str(exit_.value.code) and "--out_dir" not in str(exit_.value.code)
+  # Its advice names no run.py flag: table1 always resumes and has no --restart.
+  for kind, advice in cli.TABLE_ADVICE.items():
+    said = cli.with_advice(store.StoreError("x", advice=kind), cli.TABLE_ADVICE)
+    assert said == f"x; {advice}" and "--" not in said
+
+
+def test_missing_data_names_the_flag_the_variable_and_where_make_fetch_puts_it(
+    tmp_path, monkeypatch):
+  monkeypatch.delenv(data.ENV_VAR, raising=False)
+  fetched = str(tmp_path / "checkout" / ".data")
+  monkeypatch.setattr(cli, "FETCHED_DATA", fetched)
+  assert cli.data_dirs(None) is None   # no `make fetch` yet: the library's default
+  os.makedirs(fetched)
+  assert cli.data_dirs(None) == [fetched, *map(str, data.search_path())]
+  assert cli.data_dirs("/elsewhere") == "/elsewhere"
+  monkeypatch.setenv(data.ENV_VAR, "/from/env")
+  assert cli.data_dirs(None) is None   # the library reads $DHP_DATA_DIR itself
+
+  def load(fv):
+    return data.load("mnist", cli.data_dirs(fv.data_dir), source="files")
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(load, lambda fv: None, ["run.py", f"--data_dir={tmp_path / 'empty'}"])
+  message = str(exit_.value.code)
+  assert message.startswith("error: mnist: not found") and "\n" not in message
+  assert f"--data_dir=DIR or set ${data.ENV_VAR}" in message and fetched in message

@@ -1,13 +1,15 @@
 """Metrics read back (TensorBoard's own reader, csv) equal what results.json holds."""
+import contextlib
 import csv
 import os
+import shutil
 
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from dhp_jax import metric_writers
-from experiments import run as run_binary
+from experiments import cli, run as run_binary
 
 ARGS = ["run.py", "--benchmark=permuted_mnist", "--num_tasks=2", "--epochs=2",
         "--train_subset=256", "--lr=0.1", "--num_seeds=2", "--seed=3", "--noprogress",
@@ -62,3 +64,57 @@ def test_the_csv_is_tidy_and_holds_the_same_values(logged):
              and int(r["seed"]) == seeds[0]]
   assert average == pytest.approx(results["per_seed"][0]["avg_accuracy_curve"])
   assert all(r["epoch"] == "" for r in rows if r["metric"].startswith("test/"))
+
+
+class _CtrlC:
+  """An observer after the metrics writer: Ctrl-C once epoch ``epoch`` of ``task`` is logged."""
+
+  def __init__(self, task, epoch):
+    self.at = (task, epoch)
+
+  def epoch(self, task, epoch, values):
+    if (task, epoch) == self.at:
+      raise KeyboardInterrupt
+
+  def task(self, task, accuracy):
+    del task, accuracy
+
+
+def _csv_rows(logdir):
+  with open(os.path.join(logdir, metric_writers.CSV_NAME)) as f:
+    return list(csv.reader(f))
+
+
+def test_metrics_after_a_kill_and_a_ctrl_c_equal_an_uninterrupted_runs(
+    logged, tmp_path, monkeypatch, capsys):
+  _, full_logdir = logged
+  out, logdir = str(tmp_path / "dhp_run"), str(tmp_path / "logs")
+  args = [*ARGS, f"--out_dir={out}", f"--logdir={logdir}"]
+  run_binary.main([*args, "--stop_after_task=1"])
+  # A kill -9 before the events of task 1 reached the disk, and after task 2's CSV rows
+  # were written but before its commit.
+  for seed in (3, 4):
+    shutil.rmtree(os.path.join(logdir, "dhp_run", f"seed_{seed}"))
+  with open(os.path.join(logdir, metric_writers.CSV_NAME), "a", newline="") as f:
+    csv.writer(f).writerow(["dhp_run", 3, 2, "", metric_writers.AVERAGE_ACCURACY, 0.5])
+  # Then Ctrl-C in task 2 once its first epoch is logged (the writer's close flushes it).
+  real = cli.metric_writers
+
+  @contextlib.contextmanager
+  def with_ctrl_c(*a, **k):
+    with real(*a, **k) as writers:
+      yield [*writers, _CtrlC(1, 0)]
+  monkeypatch.setattr(cli, "metric_writers", with_ctrl_c)
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_:
+    run_binary.main([*args, "--resume"])
+  err = capsys.readouterr().err
+  assert exit_.value.code == 130 and "Traceback" not in err
+  assert err.strip().splitlines()[-1] == (
+      f"interrupted: {out} keeps tasks 1-1 of 2 (the last committed task); the task in "
+      f"progress is lost; to go on, rerun the same command with --resume")
+  monkeypatch.undo()
+  run_binary.main([*args, "--resume"])
+  for seed in (3, 4):
+    assert _scalars(logdir, seed) == _scalars(full_logdir, seed)
+  assert _csv_rows(logdir) == _csv_rows(full_logdir)

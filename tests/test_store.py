@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -135,34 +136,65 @@ def test_a_directory_in_use_is_refused_and_a_killed_holder_does_not_block(tmp_pa
   assert engine.train_and_evaluate(TINY, out, progress=False)["completed_tasks"] == 3
 
 
-@pytest.mark.parametrize("damage", ["results", "checkpoint"])
-def test_a_corrupt_file_is_named_by_the_binary_without_a_traceback(tmp_path, damage, mnist):
+def _damage_checkpoint(commit: str, how: str) -> str:
+  """Overwrites (``garbage``) or halves (``truncated``) every file of a commit's state."""
+  path = os.path.join(commit, "state")
+  for name in glob.glob(os.path.join(path, "**", "*"), recursive=True):
+    if how == "garbage" and os.path.isfile(name):
+      with open(name, "wb") as f:
+        f.write(b"\0garbage")
+    elif how == "truncated" and os.path.isfile(name) and os.sep + "d" + os.sep in name:
+      os.truncate(name, os.path.getsize(name) // 2)   # the array data, not the metadata
+  return path
+
+
+def _damage_results(path: str) -> None:
+  with open(path, "w") as f:
+    f.write('{"config": {"benchm')
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated"])
+def test_a_damaged_only_commit_is_named_by_the_binary_in_one_line(tmp_path, how, mnist):
   out = str(tmp_path / "corrupt")
   engine.train_and_evaluate(TINY, out, progress=False, stop_after_task=1)
-  commit = os.path.join(out, store.COMMITS, "1")
-  if damage == "results":
-    path = os.path.join(commit, store.RESULTS)
-    with open(path, "w") as f:
-      f.write('{"config": {"benchm')
-  else:
-    path = os.path.join(commit, "state")
-    for name in glob.glob(os.path.join(path, "**", "*"), recursive=True):
-      if os.path.isfile(name):
-        with open(name, "wb") as f:
-          f.write(b"\0garbage")
+  path = _damage_checkpoint(os.path.join(out, store.COMMITS, "1"), how)
   run = subprocess.run([sys.executable, "experiments/run.py", "--method=si", "--num_tasks=3",
                         "--num_seeds=2", "--train_subset=256", "--lr=0.1", "--noprogress",
                         f"--out_dir={out}", "--resume", "--jax_cache_dir="],
                        cwd=REPO, capture_output=True, text=True)
-  assert run.returncode != 0 and "Traceback" not in run.stderr
-  assert path in run.stderr and "--restart" in run.stderr
+  # Only the message: no traceback, not even tensorstore's reads in flight.
+  assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
+  assert path in run.stderr and "no earlier commit" in run.stderr
+  assert run.stderr.rstrip().endswith("rerun with --restart to start that run over")
+
+
+@pytest.mark.parametrize("damage", ["results", "results_and_copy", "checkpoint"])
+def test_a_damaged_latest_commit_costs_at_most_one_task(tmp_path, damage, uninterrupted):
+  out = str(tmp_path / "damaged")
+  engine.train_and_evaluate(TINY, out, progress=False, stop_after_task=2)
+  latest = os.path.join(out, store.COMMITS, "2")
+  assert os.path.isdir(os.path.join(out, store.COMMITS, "1"))   # the one before is kept
+  if damage == "checkpoint":
+    _damage_checkpoint(latest, "truncated")
+  else:
+    _damage_results(os.path.join(latest, store.RESULTS))
+  if damage == "results_and_copy":
+    _damage_results(os.path.join(out, store.RESULTS))
+  said = []
+  resumed = engine.train_and_evaluate(TINY, out, progress=False, resume=True,
+                                      log=said.append)
+  assert _numbers(resumed) == _numbers(uninterrupted)
+  recovery = "intact copy" if damage == "results" else "going on from the commit before it"
+  assert any(latest in line and recovery in line for line in said), said
+  assert any(f"resuming {out} after task {1 if damage != 'results' else 2}/3" == line
+             for line in said)
 
 
 @pytest.mark.parametrize("where", ["a_file", "under_a_file"])
 def test_an_out_dir_that_cannot_be_a_directory_is_a_clear_error(tmp_path, where):
   (tmp_path / "a_file").write_text("")
   out = str(tmp_path / "a_file") if where == "a_file" else str(tmp_path / "a_file" / "run")
-  with pytest.raises(store.StoreError, match="out_dir"):
+  with pytest.raises(store.StoreError, match="is a file|cannot create"):
     store.check_out_dir(out)
 
 
@@ -238,3 +270,9 @@ def test_an_unfinished_run_without_its_checkpoint_starts_over(tmp_path, uninterr
                                       log=said.append)
   assert any("no checkpoint to resume from" in line for line in said)
   assert _numbers(resumed) == _numbers(uninterrupted)
+  # Without a progress bar, one line per finished task says where the run is.
+  lines = [line for line in said if " done (average accuracy " in line]
+  assert len(lines) == 3 and all(re.fullmatch(
+      rf"permuted_mnist \(quick\) DHP Softmax \+ SI \(lr = 0.1\), seeds 0-1: task {t}/3 "
+      rf"done \(average accuracy \d+\.\d\d %\), elapsed (\d+m)?\d+s, ETA (\d+m)?\d+s", line)
+      for t, line in enumerate(lines, 1)), lines

@@ -8,6 +8,12 @@ from dhp_jax.data.registry import DATASET_NAMES, IDX_FILES, SPECS, fetch_advice
 SOURCES = ("auto", "files", "tfds")
 
 
+class DataNotFoundError(FileNotFoundError):
+  """A data set is in none of the data dirs searched (and TFDS cannot supply it).
+  ``advice = 'data'``: a binary adds how to point it at the data (its flag)."""
+  advice = "data"
+
+
 def load(name: str, data_dir: local.DataDir = None, source: str = "auto") -> Dataset:
   """Loads data set `name` with both splits: uint8 [N, H, W, C] images, int32 [N] labels.
 
@@ -50,7 +56,7 @@ def load(name: str, data_dir: local.DataDir = None, source: str = "auto") -> Dat
     raise _missing(name, dirs, f"TFDS failed: {e}") from e
 
 
-def _missing(name: str, dirs, reason: str = "") -> FileNotFoundError:
+def _missing(name: str, dirs, reason: str = "") -> DataNotFoundError:
   folder = SPECS[name].folders[0]
   expected = {
       "svhn_cropped": f"{folder}/train_32x32.mat and test_32x32.mat",
@@ -59,6 +65,6 @@ def _missing(name: str, dirs, reason: str = "") -> FileNotFoundError:
   }.get(name, f"{folder}/{IDX_FILES['test'][0]}[.gz] and the other IDX files")
   looked = ", ".join(str(d) for d in dirs)
   why = f"; {reason}" if reason else ""
-  return FileNotFoundError(
+  return DataNotFoundError(
       f"{name}: not found: looked for {expected} in {looked}{why}. "
       f"Fix: {fetch_advice(name, dirs[0])}")
