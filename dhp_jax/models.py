@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from dhp_jax import layers
+from dhp_jax.ops import patch_conv
 
 # The output heads by name ('matched' = the paper's capacity-matched baseline).
 HEAD_MODULES = {"dhp": layers.DHPSoftmax, "softmax": layers.Softmax,
@@ -62,55 +63,6 @@ class MLP(nn.Module):
     return make_head(self.head, self.num_classes, eta_init=self.eta_init,
                      alpha_scale=self.alpha_scale, theta_init=self.theta_init,
                      use_bias=self.use_bias)(h, labels, mask=mask)
-
-
-def conv_patches(x: jax.Array, kernel_hw: Sequence[int], strides: Sequence[int] = (1, 1),
-                 padding="VALID", dilation: Sequence[int] = (1, 1)) -> jax.Array:
-  """Receptive fields of a 2-D convolution: x [B, H, W, C] → [B, H', W', kh, kw, C].
-
-  ``padding``: 'VALID' | 'SAME' | ((lo, hi), (lo, hi)). Strided slices of the padded
-  input (an identity-kernel convolution, as ``lax.conv_general_dilated_patches``, costs
-  C·kh·kw times more FLOPs).
-  """
-  window = [(k - 1) * d + 1 for k, d in zip(kernel_hw, dilation)]
-  if isinstance(padding, str):
-    padding = jax.lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
-  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  rows, cols = ((x.shape[1 + a] - window[a]) // strides[a] + 1 for a in (0, 1))
-  return jnp.stack([
-      jnp.stack([x[:, i * dilation[0]: i * dilation[0] + (rows - 1) * strides[0] + 1: strides[0],
-                   j * dilation[1]: j * dilation[1] + (cols - 1) * strides[1] + 1: strides[1]]
-                 for j in range(kernel_hw[1])], axis=3)
-      for i in range(kernel_hw[0])], axis=3)
-
-
-def patch_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-               dimension_numbers=None, feature_group_count=1, precision=None,
-               preferred_element_type=None, out_sharding=None) -> jax.Array:
-  """``lax.conv_general_dilated`` (as ``nn.Conv`` / ``nnx.Conv(conv_general_dilated=...)``
-  call it) for 2-D NHWC/HWIO convolutions, computed as patches · kernel: one matmul.
-
-  Why: XLA:CPU runs a convolution inside a while loop (our ``lax.scan`` epoch) ~5× slower
-  than the same convolution outside one, while dots run at full speed in both (measured in
-  BUILD_NOTES.md). Anything else (grouped, input-dilated, other layouts) goes to ``lax``.
-  """
-  # nnx.Conv always passes out_sharding (None without a mesh); older jax lacks the argument.
-  sharding = {} if out_sharding is None else {"out_sharding": out_sharding}
-  ones = (1,) * (lhs.ndim - 2)
-  plain = (lhs.ndim == 4 and feature_group_count == 1
-           and tuple(lhs_dilation or ones) == ones
-           and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-           == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")))
-  if not plain:
-    return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count, precision=precision,
-        preferred_element_type=preferred_element_type, **sharding)
-  patches = conv_patches(lhs, rhs.shape[:2], window_strides, padding, rhs_dilation or ones)
-  return jnp.dot(patches.reshape(*patches.shape[:3], -1), rhs.reshape(-1, rhs.shape[-1]),
-                 precision=precision, preferred_element_type=preferred_element_type,
-                 **sharding)
 
 
 class CNN(nn.Module):

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dhp_jax import hebbian, layers, models
+from dhp_jax import hebbian, layers, models, ops
 
 
 class HebbTrace(nnx.Variable):
@@ -174,7 +174,7 @@ class CNN(nnx.Module):
   LeakyReLU(0.3) → maxpool 2 → dense 500 → LeakyReLU(0.3) → head.
 
   ``input_shape`` (H, W, C) of x [B, H, W, C]; valid convolutions (PyTorch's padding 0)
-  computed as patches · kernel (``models.patch_conv``).
+  computed as patches · kernel (``ops.patch_conv``).
   """
 
   def __init__(self, num_classes: int = 50, *, input_shape: Sequence[int] = (32, 32, 3),
@@ -189,7 +189,7 @@ class CNN(nnx.Module):
     for i, out in enumerate(features):
       setattr(self, f"conv_{i}", nnx.Conv(
           channels, out, (5, 5), padding="VALID", kernel_init=models.torch_kernel_init,
-          conv_general_dilated=models.patch_conv, rngs=rngs))
+          conv_general_dilated=ops.patch_conv, rngs=rngs))
       channels, height, width = out, (height - 4) // 2, (width - 4) // 2
     if height < 1 or width < 1:
       raise ValueError(f"input_shape must leave at least 1×1 pixels after "

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from dhp_jax import consolidation as cons
-from dhp_jax import models
+from dhp_jax import ops
 from dhp_jax.consolidation import _per_sample
 from dhp_jax.hebbian import DHPParams
 from dhp_jax.models import MLP, restrict_logits
@@ -371,7 +371,7 @@ def test_conv_shortcut_equals_per_sample_gradients(estimator, conv):
     return cons.fisher_diagonal(apply_fn, params, x, batch_size=4)
 
   fast_conv = (nn.Conv if conv == "lax" else   # the models' CNN convolution
-               functools.partial(nn.Conv, conv_general_dilated=models.patch_conv))
+               functools.partial(nn.Conv, conv_general_dilated=ops.patch_conv))
   leaves, treedef = jax.tree.flatten(params)
   one_sample = _per_sample.single_output(lambda p, xb: _TinyCNN(fast_conv).apply({"params": p}, xb))
   plan = _per_sample._plan_shortcuts(one_sample, leaves, treedef, x[0], False)

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from dhp_jax import layers, models
+from dhp_jax import layers, models, ops
 from dhp_jax.hebbian import DHPParams, dhp_apply
 
 
@@ -127,7 +127,7 @@ def test_patch_conv_equals_a_naive_convolution(strides, padding, dilation):
         for j in range(w.shape[1]):
           want[:, r, c] += xp[:, r * strides[0] + i * dilation[0],
                               c * strides[1] + j * dilation[1]] @ w[i, j]
-  got = models.patch_conv(x, w, strides, padding, rhs_dilation=dilation,
+  got = ops.patch_conv(x, w, strides, padding, rhs_dilation=dilation,
                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -136,7 +136,7 @@ def test_patch_conv_equals_a_naive_convolution(strides, padding, dilation):
 def test_patch_conv_as_flax_calls_it_equals_lax(padding):
   x = jax.random.uniform(jax.random.key(0), (2, 14, 14, 20))
   lax_conv = nn.Conv(50, (5, 5), padding=padding)
-  ours = nn.Conv(50, (5, 5), padding=padding, conv_general_dilated=models.patch_conv)
+  ours = nn.Conv(50, (5, 5), padding=padding, conv_general_dilated=ops.patch_conv)
   params = lax_conv.init(jax.random.key(1), x)
   np.testing.assert_allclose(ours.apply(params, x), lax_conv.apply(params, x),
                              rtol=1e-5, atol=1e-5)

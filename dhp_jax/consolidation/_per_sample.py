@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dhp_jax import layers, models
+from dhp_jax import layers, ops
 from dhp_jax.consolidation._checks import PyTree
 
 _HEADS = (layers.DHPSoftmax, layers.MatchedSoftmax, layers.Softmax)
@@ -51,7 +51,7 @@ def _own_params(module) -> Mapping:
 def _conv_config(module: nn.Conv) -> Optional[tuple]:
   """``lax`` arguments that reproduce a plain 2-D ``nn.Conv``, else None (no shortcut)."""
   if (module.feature_group_count != 1 or module.mask is not None
-      or module.conv_general_dilated not in (None, models.patch_conv)
+      or module.conv_general_dilated not in (None, ops.patch_conv)
       or module.conv_general_dilated_cls is not None):
     return None
 
@@ -182,7 +182,7 @@ def _shortcut_statistic(call: _Shortcut, a, delta, leaves, phi, weighted) -> tup
   if call.conv is None:
     return phi(a[0]), weighted(delta), weighted(delta)
   strides, padding, _, dilation = call.conv
-  patches = models.conv_patches(a, jnp.shape(leaves[call.kernel])[:2], strides,
+  patches = ops.conv_patches(a, jnp.shape(leaves[call.kernel])[:2], strides,
                                 padding, dilation)[0]       # [H', W', kh, kw, C]
   kernel_grads = jnp.einsum("hwijc,khwo->kijco", patches, delta)
   return None, weighted(kernel_grads), weighted(delta.sum((1, 2)))
