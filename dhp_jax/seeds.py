@@ -82,8 +82,8 @@ def seed_layout(num_seeds: int, devices: Optional[Sequence] = None) -> SeedLayou
   if used == 1:
     return SeedLayout(num_seeds, num_seeds, None, tuple(devices[:1]))
   mesh = Mesh(np.asarray(devices[:used]), ("seed",))
-  return SeedLayout(num_seeds, used * per_device, NamedSharding(mesh, PartitionSpec("seed")),
-                    tuple(devices[:used]))
+  sharding = NamedSharding(mesh, PartitionSpec("seed"))
+  return SeedLayout(num_seeds, used * per_device, sharding, tuple(devices[:used]))
 
 
 def replicated(sharding):
@@ -128,7 +128,8 @@ def _on_each_device(program: Callable, sharding: NamedSharding) -> Callable:
   η 0.6 % apart after 2 tasks). The one-device program on each device's seeds computes
   exactly what one device computes for them (BUILD_NOTES, "Several devices").
   """
-  devices = [d for d in sharding.mesh.devices.flat if d.process_index == jax.process_index()]
+  devices = [d for d in sharding.mesh.devices.flat
+             if d.process_index == jax.process_index()]
 
   def run(*args):
     pieces = jax.tree.map(lambda x: {s.device: s.data for s in x.addressable_shards}, args)

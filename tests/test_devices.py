@@ -50,7 +50,7 @@ def runs(mnist):
   cache = os.environ.get("DHP_TEST_JAX_CACHE",
                          os.path.join(tempfile.gettempdir(), "dhp_jax_test_xla_cache"))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             PYTHONPATH=REPO, JAX_COMPILATION_CACHE_DIR=cache,
+             JAX_PLATFORMS="cpu", PYTHONPATH=REPO, JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   with tempfile.TemporaryDirectory() as root:
     done = subprocess.run([sys.executable, "-c", _RUNS, root], env=env, cwd=REPO,
@@ -91,3 +91,31 @@ def test_layout_pads_with_the_last_seed_and_unpads():
   np.testing.assert_array_equal(layout.unpad(padded)["x"], np.arange(6).reshape(3, 2))
   with pytest.raises(ValueError, match="num_devices"):
     seeds.run_devices(0)
+
+
+def test_binaries_ask_xla_for_deterministic_gpu_ops(monkeypatch):
+  from experiments import cli
+
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  cli.set_gpu_determinism(False)
+  assert "XLA_FLAGS" not in os.environ
+  monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=x")
+  cli.set_gpu_determinism(True)
+  assert os.environ["XLA_FLAGS"] == "--xla_dump_to=x " + cli.GPU_DETERMINISM
+  monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=false")   # the user's choice
+  cli.set_gpu_determinism(True)
+  assert os.environ["XLA_FLAGS"] == "--xla_gpu_deterministic_ops=false"
+
+
+@pytest.mark.gpu
+def test_same_seed_gives_the_same_numbers_on_gpu(tmp_path, mnist):
+  # Needs XLA_FLAGS=--xla_gpu_deterministic_ops=true before jax starts (make gpu-check).
+  from dhp_jax import config as config_lib, engine
+
+  config = config_lib.make_config("permuted_mnist", "quick", "mas", num_tasks=2,
+                                  train_subset=2048, importance_samples=256, num_seeds=4)
+  first, second = (engine.train_and_evaluate(config, str(tmp_path / name), progress=False,
+                                             num_devices=1) for name in ("a", "b"))
+  for key in ("per_seed", "trace"):
+    assert first[key] == second[key], key
+
