@@ -14,7 +14,7 @@ export DHP_DATA_DIR := $(DATA)$(if $(EXTRA_DATA_DIRS),:$(EXTRA_DATA_DIRS),)
 export XLA_PYTHON_CLIENT_PREALLOCATE := false
 PYTEST_ARGS ?=
 
-.PHONY: demo test reproduce setup setup-test fetch clean
+.PHONY: demo test gpu-check reproduce setup setup-test fetch clean
 
 $(VENV)/.core: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,13 @@ reproduce: fetch
 
 test: $(VENV)/.test fetch
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# On a GPU machine (after `pip install -e .[cuda]`): the GPU-marked tests with XLA's
+# deterministic ops, the multi-device tests, then the throughput benchmark.
+gpu-check: $(VENV)/.test fetch
+	XLA_FLAGS="$$XLA_FLAGS --xla_gpu_deterministic_ops=true" $(PY) -m pytest -q -m gpu tests
+	$(PY) -m pytest -q tests/test_devices.py
+	$(PY) benchmarks/throughput.py --sections=mlp --out=runs/gpu_throughput.json
 
 clean:
 	rm -rf $(VENV) $(DATA) runs

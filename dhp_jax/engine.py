@@ -42,12 +42,12 @@ class Run(NamedTuple):
   """What stays fixed during a run: the config, the seeds' data and compiled programs."""
   config: Config
   seeds: list
-  keys: jax.Array            # [S] base keys
-  sharding: Any
+  keys: jax.Array            # [slots] base keys (``layout.pad``-ed)
+  layout: seeds_lib.SeedLayout   # seeds on the devices (slots, sharding)
   tasks: tuple               # the first seed's tasks (names, test splits, output slices)
   notes: tuple
   train_splits: list
-  perms: list                # per task: [S, D] int32 permutations or None
+  perms: list                # per task: [slots, D] int32 permutations or None
   test_splits: list
   programs: Any              # ``_Programs``
 
@@ -68,7 +68,7 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
                        resume: bool = False, restart: bool = False,
                        stop_after_task: Optional[int] = None, progress: bool = True,
                        log: Callable[[str], None] = functools.partial(print, flush=True),
-                       observers: Sequence = ()) -> dict:
+                       observers: Sequence = (), num_devices: Optional[int] = None) -> dict:
   """Trains ``config.num_seeds`` seeds (vmapped) on the task stream; returns the results.
 
   Every finished task is committed to ``out_dir`` (``dhp_jax.store``); ``resume=True``
@@ -79,11 +79,13 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
   optionally ``start(results)``, called once before training with the committed results
   the run goes on from (None: none). Without a progress bar, one line per finished task
   goes to ``log``. Ctrl-C raises ``Interrupted`` saying which tasks are kept.
+  ``num_devices``: use at most the first that many devices (default: all; the seeds
+  are split over them as ``seeds.devices_for`` says).
   """
   config = config.validate()
   try:
     with _lock(out_dir):   # first: a busy directory is refused before any work
-      run = prepare(config, data_dir)
+      run = prepare(config, data_dir, num_devices)
       done = _init_or_restore(run, out_dir, resume=resume, restart=restart, log=log)
       committed = store.read_results(out_dir) if out_dir is not None else None
       for observer in observers:   # e.g. metrics rewound to the commit
@@ -136,31 +138,32 @@ def _lock(out_dir):
 
 # ------------------------------------------------------------------------- set-up
 
-def prepare(config: Config, data_dir=None) -> Run:
+def prepare(config: Config, data_dir=None, num_devices: Optional[int] = None) -> Run:
   """The seeds' streams on the devices and the run's programs (compiled on first use)."""
   seeds = [config.seed + s for s in range(config.num_seeds)]
   streams = seeds_lib.build_streams(config, seeds, data_dir)
-  sharding = seeds_lib.seed_sharding(config.num_seeds)
-  replicated = seeds_lib.replicated(sharding)
+  layout = seeds_lib.seed_layout(config.num_seeds, seeds_lib.run_devices(num_devices))
+  sharding, replicated = layout.sharding, seeds_lib.replicated(layout.sharding)
   tasks = streams[0].tasks[:config.num_tasks]
   inputs = [seeds_lib.task_training_inputs(config, streams, t)
             for t in range(config.num_tasks)]
   model = training.make_model(config, streams[0].num_classes)
   programs = _Programs(config, model, training.make_optimizer(config),
-                       streams[0].input_shape)
-  return Run(config, seeds, seeds_lib.base_keys(seeds), sharding, tasks,
+                       streams[0].input_shape, sharding)
+  return Run(config, seeds, layout.pad(seeds_lib.base_keys(seeds)), layout, tasks,
              tuple(streams[0].notes),
              [seeds_lib.put(split, replicated) for split, _ in inputs],
-             [seeds_lib.put(perm, sharding) for _, perm in inputs],
+             [seeds_lib.put(layout.pad(perm), sharding) for _, perm in inputs],
              [seeds_lib.put(task.test, replicated) for task in tasks], programs)
 
 
 class _Programs:
   """The run's jitted, seed-vmapped programs: one per distinct task output slice."""
 
-  def __init__(self, config: Config, model, optimizer, input_shape):
+  def __init__(self, config: Config, model, optimizer, input_shape, sharding=None):
     self.config, self.model, self.optimizer = config, model, optimizer
-    self.create = seeds_lib.seed_jit(functools.partial(
+    self.seed_jit = functools.partial(seeds_lib.seed_jit, sharding=sharding)
+    self.create = self.seed_jit(functools.partial(
         training.create_state, model=model, input_shape=input_shape, optimizer=optimizer,
         freeze_alpha=config.freeze_alpha), 0)
 
@@ -170,18 +173,18 @@ class _Programs:
                            output_slice=output_slice, model=self.model,
                            optimizer=self.optimizer,
                            project_eta=self.config.eta_constraint == "project")
-    return seeds_lib.seed_jit(fn, (0, 0, None, 0), donate_argnums=0)
+    return self.seed_jit(fn, (0, 0, None, 0), donate_argnums=0)
 
   @functools.lru_cache(maxsize=None)
   def evaluate(self, output_slice):
     fn = functools.partial(training.evaluate, model=self.model, output_slice=output_slice)
-    return seeds_lib.seed_jit(fn, (0, 0, None, 0))
+    return self.seed_jit(fn, (0, 0, None, 0))
 
   @functools.lru_cache(maxsize=None)
   def consolidate(self, output_slice):
     fn = functools.partial(training.consolidate, config=self.config, model=self.model,
                            output_slice=output_slice)
-    return seeds_lib.seed_jit(fn, (0, 0, None, 0, 0))
+    return self.seed_jit(fn, (0, 0, None, 0, 0))
 
 
 @jax.jit
@@ -192,15 +195,16 @@ def _copy(tree):
 
 def _evaluate_all(run: Run, state) -> np.ndarray:
   """[S, T] accuracy of every seed on every task's test split."""
-  return np.stack([np.asarray(run.programs.evaluate(task.output_slice)(
-      state.params, state.hebb, run.test_splits[i], run.perms[i]))
+  return np.stack([np.asarray(run.layout.gather(run.programs.evaluate(task.output_slice)(
+      state.params, state.hebb, run.test_splits[i], run.perms[i])))
       for i, task in enumerate(run.tasks)], 1)
 
 
 def _init_or_restore(run: Run, out_dir, *, resume: bool, restart: bool, log) -> Progress:
   """A fresh start, or the progress of the last commit in ``out_dir`` (``resume``)."""
   config = run.config
-  state = seeds_lib.put(run.programs.create(seeds_lib.init_keys(run.keys)), run.sharding)
+  state = run.programs.create(seeds_lib.put(seeds_lib.init_keys(run.keys),
+                                             run.layout.sharding))
   commit = None
   if out_dir is not None:
     if restart:
@@ -246,10 +250,11 @@ def _restored(run: Run, out_dir: str, commit: store.Commit, target, log) -> Prog
   if commit.task >= num_tasks or store.is_finished(commit.results, run.config.num_seeds):
     log(f"resuming {out_dir} after task {commit.task}/{num_tasks}")
     return Progress(target, None, None, commit.results["trace"], {}, [], num_tasks, 0.0)
-  commit, state = store.restore_or_earlier(out_dir, commit, target, log)
+  commit, restored = store.restore_or_earlier(out_dir, commit, run.layout.gather(target),
+                                              log)
   log(f"resuming {out_dir} after task {commit.task}/{num_tasks}")
   saved, done = commit.results, commit.task
-  state = seeds_lib.put(state, run.sharding)
+  state = seeds_lib.put(run.layout.pad(restored), run.layout.sharding)
   acc = np.full((run.config.num_seeds, num_tasks, num_tasks), np.nan)
   diverged = {}
   for s, entry in enumerate(saved["per_seed"]):
@@ -284,12 +289,15 @@ def _train_task(run: Run, done: Progress, t: int, out_dir, watchers, log):
   trace = {name: list(values) for name, values in done.trace.items()}
   start_params = _copy(state.params)
   for epoch in range(run.config.epochs):
-    keys = seeds_lib.put(seeds_lib.epoch_keys(task_keys, epoch), run.sharding)
+    keys = seeds_lib.put(seeds_lib.epoch_keys(task_keys, epoch), run.layout.sharding)
     state, stats = epoch_fn(state, keys, run.train_splits[t], run.perms[t])
-    finite, plastic = jax.device_get(_epoch_summary(stats["loss"], state))
+    # On one device, as one device computes them: the norms' sums round differently
+    # when XLA splits a reduction over the seed axis.
+    loss, seen = run.layout.gather((stats["loss"], state._replace(opt_state=None)))
+    finite, plastic = jax.device_get(_epoch_summary(loss, seen))
     _record_nonfinite(run, done, finite, diverged, t, epoch, out_dir, log)
     values = {**{k: np.asarray(v).tolist() for k, v in plastic.items()},
-              "epoch_loss": np.asarray(stats["loss"]).tolist()}
+              "epoch_loss": np.asarray(loss).tolist()}
     for name, per_seed in values.items():
       trace[name].append(results_lib.finite_or_none(per_seed))
     trace["task"].append(t)
@@ -338,11 +346,12 @@ def _consolidate_task(run: Run, done: Progress, t: int, task_start_params) -> Pr
   if not consolidation.METHODS[run.config.method].penalised:
     return done   # nothing to do at a task's end (and no program to compile)
   keys = seeds_lib.put(seeds_lib.consolidation_keys(seeds_lib.task_keys(run.keys, t)),
-                       run.sharding)
+                       run.layout.sharding)
   state = run.programs.consolidate(run.tasks[t].output_slice)(
       done.state, task_start_params, run.train_splits[t], run.perms[t], keys)
   strength_lr = run.config.strength * run.config.lr
-  per_leaf = jax.device_get(_largest_importance(state.opt_state, state.params))
+  per_leaf = jax.device_get(run.layout.gather(_largest_importance(state.opt_state,
+                                                                  state.params)))
   record = {"task": t + 1,
             "max_lr_strength_importance": [float(strength_lr * max(v[s] for v in
                                                                     per_leaf.values()))
@@ -395,13 +404,13 @@ def _commit_task(run: Run, done: Progress, out_dir, wall_start: float) -> dict:
              "task_names": [t.name for t in run.tasks],
              "per_seed": results_lib.per_seed_results(run.seeds, done.acc, done.init_acc,
                                                       task, done.diverged),
-             "trace": done.trace, "devices": [str(d) for d in jax.devices()],
+             "trace": done.trace, "devices": [str(d) for d in run.layout.devices],
              "wall_time_s": round(done.wall_before + time.time() - wall_start, 1)}
   if done.stability:
     results["penalty_stability"] = done.stability
   results["mean"], results["sem"] = results_lib.summarize(results["per_seed"])
   if out_dir is not None:
-    store.commit(out_dir, task, results, done.state)
+    store.commit(out_dir, task, results, run.layout.gather(done.state))
   return results
 
 

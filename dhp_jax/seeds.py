@@ -9,8 +9,7 @@ uninterrupted one does.
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,17 +21,69 @@ from dhp_jax import benchmarks
 _CONSOLIDATION_FOLD = 10_000   # after any epoch index
 
 
-def seed_sharding(num_seeds: int):
-  """A ``NamedSharding`` splitting the leading seed axis over the visible devices.
+class SeedLayout(NamedTuple):
+  """Where a run's S seeds sit: ``slots`` ≥ S seed slots, split evenly over ``devices``
+  by ``sharding`` (None: one device, no sharding). Slots past S train copies of the last
+  seed; ``unpad`` drops them before anything is recorded."""
+  num_seeds: int
+  slots: int
+  sharding: Optional[NamedSharding]
+  devices: tuple
 
-  Uses as many devices as divide ``num_seeds``; None when that is one (no sharding).
+  def pad(self, tree):
+    """[S, ...] leaves -> [slots, ...] (the last seed repeated)."""
+    if self.slots == self.num_seeds:
+      return tree
+    index = np.minimum(np.arange(self.slots), self.num_seeds - 1)
+    return jax.tree.map(lambda x: x[index], tree)
+
+  def unpad(self, tree):
+    """[slots, ...] leaves -> [S, ...]."""
+    if self.slots == self.num_seeds:
+      return tree
+    return jax.tree.map(lambda x: x[:self.num_seeds], tree)
+
+  def gather(self, tree):
+    """[slots, ...] leaves spread over the devices -> [S, ...] on one device (the
+    program's output itself when there is no sharding)."""
+    if self.sharding is None:
+      return tree
+    return self.unpad(jax.device_put(tree, jax.local_devices()[0]))
+
+
+def devices_for(num_seeds: int, num_devices: int) -> tuple[int, int]:
+  """(devices used, seeds per device) for ``num_seeds`` seeds on ``num_devices`` devices.
+
+  The rule: each device holds k = ⌈S/N⌉ seeds (the fewest a device can hold, so the run
+  is as fast as N devices allow), on ⌈S/k⌉ devices (no device idles with only padding);
+  k·⌈S/k⌉ - S < k slots are padding. E.g. 4 seeds on 4 devices: 4 × 1; 6 on 4: 3 × 2;
+  5 on 4: 3 × 2 (one padded slot); 1 on 4: 1 × 1.
   """
+  if num_seeds < 1 or num_devices < 1:
+    raise ValueError(f"devices_for: num_seeds and num_devices must be >= 1, got "
+                     f"{num_seeds} and {num_devices}")
+  per_device = -(-num_seeds // num_devices)
+  return -(-num_seeds // per_device), per_device
+
+
+def run_devices(num_devices: Optional[int] = None) -> list:
+  """The first ``num_devices`` devices (all when None)."""
   devices = jax.devices()
-  k = math.gcd(len(devices), num_seeds)
-  if k <= 1:
-    return None
-  mesh = Mesh(np.asarray(devices[:k]), ("seed",))
-  return NamedSharding(mesh, PartitionSpec("seed"))
+  if num_devices is not None and not 1 <= num_devices <= len(devices):
+    raise ValueError(f"--num_devices must be between 1 and {len(devices)} (the devices "
+                     f"JAX sees), got {num_devices}")
+  return devices[:num_devices]
+
+
+def seed_layout(num_seeds: int, devices: Optional[Sequence] = None) -> SeedLayout:
+  """The ``SeedLayout`` of ``num_seeds`` seeds on ``devices`` (default: every device)."""
+  devices = list(jax.devices() if devices is None else devices)
+  used, per_device = devices_for(num_seeds, len(devices))
+  if used == 1:
+    return SeedLayout(num_seeds, num_seeds, None, tuple(devices[:1]))
+  mesh = Mesh(np.asarray(devices[:used]), ("seed",))
+  sharding = NamedSharding(mesh, PartitionSpec("seed"))
+  return SeedLayout(num_seeds, used * per_device, sharding, tuple(devices[:used]))
 
 
 def replicated(sharding):
@@ -52,12 +103,44 @@ _CPU_SEED_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                      "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
 
 
-def seed_jit(fn: Callable, in_axes, *, xla_defaults: bool = False, **jit_kwargs):
+def seed_jit(fn: Callable, in_axes, *, sharding=None, xla_defaults: bool = False,
+             **jit_kwargs):
   """``jax.jit(jax.vmap(fn, in_axes))`` over a leading seed axis, compiled with the XLA
   options that keep vmapped seeds as fast as one seed on CPU (``xla_defaults=True``
-  drops them, for the throughput comparison). ``jit_kwargs`` go to ``jax.jit``."""
+  drops them, for the throughput comparison). ``jit_kwargs`` go to ``jax.jit``.
+
+  With a seed ``sharding`` (``SeedLayout.sharding``) the program runs on each of its
+  devices (this process's) on that device's seeds — arguments with in_axes None are
+  expected on every device — and the outputs are assembled into arrays of that sharding.
+  """
   options = None if xla_defaults or jax.default_backend() != "cpu" else _CPU_SEED_OPTIONS
-  return jax.jit(jax.vmap(fn, in_axes=in_axes), compiler_options=options, **jit_kwargs)
+  program = jax.jit(jax.vmap(fn, in_axes=in_axes), compiler_options=options, **jit_kwargs)
+  return program if sharding is None else _on_each_device(program, sharding)
+
+
+def _on_each_device(program: Callable, sharding: NamedSharding) -> Callable:
+  """``program`` (compiled for one device) run on every local device of ``sharding``.
+
+  Not ``shard_map`` or XLA's partitioner: a partitioned module goes through another pass
+  order (CSE before algebraic simplification), which rewrites some divisions into
+  multiplications by the reciprocal where the one-device program does not, or the
+  reverse; the last bits differ and training amplifies them (MAS, 4 seeds on 4 devices:
+  η 0.6 % apart after 2 tasks). The one-device program on each device's seeds computes
+  exactly what one device computes for them (BUILD_NOTES, "Several devices").
+  """
+  devices = [d for d in sharding.mesh.devices.flat
+             if d.process_index == jax.process_index()]
+
+  def run(*args):
+    pieces = jax.tree.map(lambda x: {s.device: s.data for s in x.addressable_shards}, args)
+    outs = [program(*jax.tree.map(lambda piece: piece[d], pieces,
+                                  is_leaf=lambda x: isinstance(x, dict) and d in x))
+            for d in devices]
+    def assemble(*per_device):
+      shape = (per_device[0].shape[0] * sharding.mesh.size, *per_device[0].shape[1:])
+      return jax.make_array_from_single_device_arrays(shape, sharding, list(per_device))
+    return jax.tree.map(assemble, *outs)
+  return run
 
 
 def base_keys(seeds: Sequence[int]) -> jax.Array:

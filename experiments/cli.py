@@ -3,8 +3,9 @@
 ``define_config_flags(fv, fields, defaults)`` declares one flag per ``Config`` field (its
 type from the field's default, enums from ``config.CHOICES``; default None = the
 preset's value); ``config_overrides(fv, fields)`` reads them back for ``make_config``.
-``main(run, define)`` is every binary's entry point: it parses, turns on JAX's
-persistent compilation cache and turns every expected failure (bad flag, corrupt or busy
+``main(run, define)`` is every binary's entry point: it parses, asks XLA for
+deterministic ops on GPU (``--gpu_deterministic``), turns on JAX's persistent
+compilation cache and turns every expected failure (bad flag, corrupt or busy
 run directory, missing data, divergence) into one line on stderr and exit code 1, and a
 Ctrl-C into one line saying what is kept and how to go on (exit code 130).
 """
@@ -124,6 +125,22 @@ def define_run_flags(fv: flags.FlagValues) -> None:
                       "(a rerun skips compilation); '' turns it off.", flag_values=fv)
   flags.DEFINE_string("logdir", None, "Write TensorBoard events and metrics.csv here.",
                       flag_values=fv)
+  flags.DEFINE_bool("gpu_deterministic", True, "On GPU, XLA's deterministic ops (same seed, "
+                    "same numbers; resume bit-identical); --nogpu_deterministic trades that "
+                    "for speed. No effect on CPU.", flag_values=fv)
+
+
+# Scatter-adds (segment_sum, the Hebbian update) and some convolution algorithms use
+# atomics on GPU: without this, the same seed gives different last bits run to run.
+GPU_DETERMINISM = "--xla_gpu_deterministic_ops=true"
+
+
+def set_gpu_determinism(on: bool) -> None:
+  """Adds XLA's deterministic-ops flag to ``XLA_FLAGS`` (read when the backend starts:
+  call before the first computation). Leaves a flag the user set alone."""
+  current = os.environ.get("XLA_FLAGS", "")
+  if on and "xla_gpu_deterministic_ops" not in current:
+    os.environ["XLA_FLAGS"] = f"{current} {GPU_DETERMINISM}".strip()
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -183,6 +200,7 @@ def main(run: Callable[[flags.FlagValues], object], define: Callable[[flags.Flag
   except flags.Error as e:
     sys.exit(f"error: {e}\nPass --help for the flags.")
   logging.set_verbosity(logging.WARNING)   # orbax logs every checkpoint at INFO
+  set_gpu_determinism(fv.gpu_deterministic)
   enable_compilation_cache(fv.jax_cache_dir)
   from dhp_jax import engine
 

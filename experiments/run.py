@@ -33,6 +33,9 @@ def define_flags(fv: flags.FlagValues) -> None:
                       "<method>_<head>).", flag_values=fv)
   flags.DEFINE_bool("resume", False, "Continue the run in --out_dir.", flag_values=fv)
   flags.DEFINE_bool("restart", False, "Start the run in --out_dir over.", flag_values=fv)
+  flags.DEFINE_integer("num_devices", None, "Use at most this many devices (default: all "
+                       "JAX sees); the seeds are split over them (BUILD_NOTES, \"Several "
+                       "devices\").", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("stop_after_task", None, "Stop after this many tasks (as a kill "
                        "would; for testing resume).", lower_bound=1, flag_values=fv)
 
@@ -68,7 +71,8 @@ def run(fv: flags.FlagValues) -> dict:
                                         data_dir=cli.data_dirs(fv.data_dir),
                                         resume=fv.resume, restart=fv.restart,
                                         progress=fv.progress, observers=writers,
-                                        stop_after_task=fv.stop_after_task)
+                                        stop_after_task=fv.stop_after_task,
+                                        num_devices=fv.num_devices)
   write_figures(config, results, out_dir)
   print(results_lib.summary_line(config, results))
   return results

@@ -20,3 +20,14 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 def mnist():
   """dhp_jax.data.load('mnist'): fetched by `make` into $DHP_DATA_DIR before tests run."""
   return data.load("mnist")
+
+
+def pytest_collection_modifyitems(config, items):
+  """Skips the ``gpu``-marked tests when JAX sees no GPU."""
+  del config
+  if jax.default_backend() == "gpu":
+    return
+  skip = pytest.mark.skip(reason="needs a GPU (make gpu-check on a GPU machine)")
+  for item in items:
+    if "gpu" in item.keywords:
+      item.add_marker(skip)
