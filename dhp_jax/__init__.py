@@ -1,6 +1,6 @@
 """dhp_jax: Differentiable Hebbian Consolidation for continual learning in JAX/Flax."""
-from dhp_jax import (benchmarks, config, consolidation, data, engine, metrics, models,
-                     results, seeds, store, training)
+from dhp_jax import (config, consolidation, data, engine, metrics, models, ops, results,
+                     seeds, store, streams, training)
 from dhp_jax.config import Config, make_config
 from dhp_jax.consolidation import (fisher_diagonal, mas_importance, mas_local_importance,
                                    quadratic_penalty, set_penalty, si_importance,

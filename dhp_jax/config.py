@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, NamedTuple
 
-from dhp_jax import benchmarks, consolidation, hebbian, models
+from dhp_jax import consolidation, hebbian, models, streams
 
 # 'quick' and 'medium' = the paper's settings with fewer epochs per task (reduced scale).
 PRESET_NAMES = ("paper", "quick", "medium")
@@ -49,7 +49,7 @@ BENCHMARK_PRESETS = {
         "methods": {"online_ewc": dict(strength=100.0), "ewc": dict(strength=100.0),
                     "si": dict(strength=0.1, si_xi=0.1), "mas": dict(strength=1.0)}},
 }
-assert tuple(BENCHMARK_PRESETS) == benchmarks.BENCHMARKS
+assert tuple(BENCHMARK_PRESETS) == streams.BENCHMARKS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +77,7 @@ class Config:
   seed: int = 0
   hidden: tuple = (400, 400)
   scenario: str = "task"            # split MNIST: 'task' | 'class'
-  vision_datasets: tuple = benchmarks.VISION_DATASETS
+  vision_datasets: tuple = streams.VISION_DATASETS
   train_subset: int = 0             # >0: first n training samples per task (smoke tests)
 
   def validate(self) -> "Config":
@@ -94,10 +94,10 @@ class Config:
 
 # Fields whose value is one of a vocabulary, with the vocabulary's owner.
 CHOICES = {
-    "benchmark": benchmarks.BENCHMARKS, "method": tuple(consolidation.METHODS),
+    "benchmark": streams.BENCHMARKS, "method": tuple(consolidation.METHODS),
     "head": models.HEADS, "theta_init": hebbian.THETA_INITS, "preset": PRESET_NAMES,
     "eta_constraint": ETA_CONSTRAINTS, "fisher_mode": consolidation.FISHER_MODES,
-    "mas_variant": consolidation.MAS_VARIANTS, "scenario": benchmarks.SCENARIOS,
+    "mas_variant": consolidation.MAS_VARIANTS, "scenario": streams.SCENARIOS,
 }
 
 
@@ -128,7 +128,7 @@ SCOPES = {
     "eta_init": Scope("head", _DHP_HEAD),
     "eta_constraint": Scope("head", _DHP_HEAD, off="none"),
     "freeze_alpha": Scope("head", _DHP_HEAD, off=False),
-    # The task streams that read these options (``benchmarks.STREAM_BUILDERS``).
+    # The task streams that read these options (``streams.STREAM_BUILDERS``).
     "scenario": Scope("benchmark", ("split_mnist",), off="task"),
     "vision_datasets": Scope("benchmark", ("vision_mixture",)),
 }
@@ -166,8 +166,8 @@ def _checks(c: Config) -> list:
       ("ewc_gamma", 0 <= c.ewc_gamma <= 1, "in [0, 1]"),
       ("importance_samples", c.importance_samples >= 0, ">= 0"),
       ("train_subset", c.train_subset >= 0, ">= 0"),
-      ("vision_datasets", set(c.vision_datasets) <= set(benchmarks.VISION_DATASETS),
-       f"some of {benchmarks.VISION_DATASETS}"),
+      ("vision_datasets", set(c.vision_datasets) <= set(streams.VISION_DATASETS),
+       f"some of {streams.VISION_DATASETS}"),
       ("hidden", all(isinstance(w, int) and w >= 1 for w in c.hidden),
        "a list of layer widths >= 1 (empty: no hidden layer)"),
   ]
@@ -175,7 +175,7 @@ def _checks(c: Config) -> list:
 
 def preset_values(benchmark: str, preset: str, method: str) -> dict:
   """The ``Config`` fields a preset sets for one benchmark and method."""
-  for name, value, known in (("benchmark", benchmark, benchmarks.BENCHMARKS),
+  for name, value, known in (("benchmark", benchmark, streams.BENCHMARKS),
                              ("preset", preset, PRESET_NAMES),
                              ("method", method, tuple(consolidation.METHODS))):
     if value not in known:
@@ -269,7 +269,7 @@ BASELINE_OF = {"dhp": "finetune",
 # paper's Split MNIST is task-incremental (a head per task); class-incremental shares one
 # 10-way head, where a memory in the output layer has the most to do.
 VARIANTS = {"split_mnist_class": ("split_mnist", {"scenario": "class"})}
-TABLES = benchmarks.BENCHMARKS + tuple(VARIANTS)
+TABLES = streams.BENCHMARKS + tuple(VARIANTS)
 # Fields a row leaves to the run (how long, how many seeds, which data).
 _RUN_FIELDS = ("num_tasks", "epochs", "num_seeds", "seed", "importance_samples",
                "train_subset", "scenario", "vision_datasets")

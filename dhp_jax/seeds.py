@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dhp_jax import benchmarks
+from dhp_jax import streams as streams_lib
 
 _CONSOLIDATION_FOLD = 10_000   # after any epoch index
 
@@ -177,7 +177,7 @@ def consolidation_keys(task_keys_: jax.Array) -> jax.Array:
 
 def build_streams(config, seeds: Sequence[int], data_dir=None) -> list:
   """One task stream per seed (permutations differ per seed; images are shared)."""
-  build = benchmarks.STREAM_BUILDERS[config.benchmark]
+  build = streams_lib.STREAM_BUILDERS[config.benchmark]
   streams = [build(config, s, data_dir) for s in seeds]
   available = len(streams[0].tasks)
   if config.num_tasks > available:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dhp_jax import benchmarks, consolidation, models
+from dhp_jax import consolidation, models, streams
 from dhp_jax.config import Config
 
 
@@ -117,7 +117,7 @@ def _padded_batches(order, batch_size):
   return order.reshape(nb, batch_size), valid.reshape(nb, batch_size)
 
 
-def train_epoch(state: TrainState, key, split: "benchmarks.Split", permutation, *,
+def train_epoch(state: TrainState, key, split: "streams.Split", permutation, *,
                 batch_size: int, **step_kwargs):
   """One epoch = one ``lax.scan`` over the batches of a fresh shuffle (one seed)."""
   order = jax.random.permutation(key, split.index.shape[0])
@@ -125,7 +125,7 @@ def train_epoch(state: TrainState, key, split: "benchmarks.Split", permutation, 
 
   def body(state, inputs):
     idx, valid = inputs
-    x, labels = benchmarks.make_batch(split.images, split.labels, split.index[idx], permutation)
+    x, labels = streams.make_batch(split.images, split.labels, split.index[idx], permutation)
     return train_step(state, (x, labels, valid), **step_kwargs)
 
   state, stats = jax.lax.scan(body, state, (batch_idx, batch_valid))
@@ -134,7 +134,7 @@ def train_epoch(state: TrainState, key, split: "benchmarks.Split", permutation, 
                  "accuracy": jnp.sum(stats["correct"]) / count}
 
 
-def evaluate(params, hebb, split: "benchmarks.Split", permutation, *, model,
+def evaluate(params, hebb, split: "streams.Split", permutation, *, model,
              output_slice=None, batch_size: int = 1000):
   """Test accuracy (fraction) of one seed on one task; the trace is used, not updated."""
   start = 0 if output_slice is None else output_slice[0]
@@ -143,7 +143,7 @@ def evaluate(params, hebb, split: "benchmarks.Split", permutation, *, model,
 
   def body(total, inputs):
     idx, valid = inputs
-    x, labels = benchmarks.make_batch(split.images, split.labels, split.index[idx], permutation)
+    x, labels = streams.make_batch(split.images, split.labels, split.index[idx], permutation)
     logits = models.restrict_logits(model.apply(_variables(params, hebb), x), output_slice)
     return total + jnp.sum((jnp.argmax(logits, -1) + start == labels) & valid), None
 
@@ -151,12 +151,12 @@ def evaluate(params, hebb, split: "benchmarks.Split", permutation, *, model,
   return correct / n
 
 
-def task_inputs(split: "benchmarks.Split", permutation, key, num_samples: int):
+def task_inputs(split: "streams.Split", permutation, key, num_samples: int):
   """The task's training inputs as float32 [n, ...] and global labels (for importance)."""
   index = split.index
   if num_samples and num_samples < index.shape[0]:
     index = index[jax.random.choice(key, index.shape[0], (num_samples,), replace=False)]
-  return benchmarks.make_batch(split.images, split.labels, index, permutation)
+  return streams.make_batch(split.images, split.labels, index, permutation)
 
 
 def consolidate(state: TrainState, task_start_params, split, permutation, key, *,

@@ -9,7 +9,7 @@ import argparse
 import jax
 import numpy as np
 
-from dhp_jax import benchmarks, metrics
+from dhp_jax import metrics, streams
 
 
 def flags(description: str, *, lr: float) -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def flags(description: str, *, lr: float) -> argparse.ArgumentParser:
   return parser
 
 
-def batch_rows(task: benchmarks.Task, size, key: jax.Array, batch_size: int) -> jax.Array:
+def batch_rows(task: streams.Task, size, key: jax.Array, batch_size: int) -> jax.Array:
   """int32 [steps, batch_size]: the task's first ``size`` training rows (None: all),
   shuffled with ``key``; the last partial batch is dropped."""
   rows = jax.random.permutation(key, task.train.index[:size])
@@ -33,14 +33,14 @@ def batch_rows(task: benchmarks.Task, size, key: jax.Array, batch_size: int) -> 
   return rows[:steps * batch_size].reshape(steps, batch_size)
 
 
-def train_batch(task: benchmarks.Task, idx: jax.Array):
+def train_batch(task: streams.Task, idx: jax.Array):
   """(x float [B, 28, 28, 1] in [0, 1], permuted for ``task``; y int32 [B]) for rows idx."""
-  return benchmarks.make_batch(task.train.images, task.train.labels, idx, task.permutation)
+  return streams.make_batch(task.train.images, task.train.labels, idx, task.permutation)
 
 
-def test_batch(task: benchmarks.Task, size):
+def test_batch(task: streams.Task, size):
   """The task's first ``size`` test images (None: all), as ``train_batch``."""
-  return benchmarks.make_batch(task.test.images, task.test.labels, task.test.index[:size],
+  return streams.make_batch(task.test.images, task.test.labels, task.test.index[:size],
                                task.permutation)
 
 

@@ -18,7 +18,7 @@ import optax
 
 import dhp_jax
 import example_utils
-from dhp_jax import benchmarks, consolidation
+from dhp_jax import consolidation, streams
 
 
 class SmallCNN(nn.Module):
@@ -61,7 +61,7 @@ def main(argv=None):
   parser.add_argument("--xi", type=float, default=0.1, help="SI ξ (paper: 0.1)")
   args = parser.parse_args(argv)
 
-  stream = benchmarks.permuted_mnist(num_tasks=args.num_tasks, seed=0)
+  stream = streams.permuted_mnist(num_tasks=args.num_tasks, seed=0)
   model = SmallCNN()
   tx = consolidation.track_path_integral(
       optax.chain(consolidation.quadratic_penalty(args.strength), optax.sgd(args.lr)))

@@ -17,7 +17,7 @@ import optax
 from flax import nnx
 
 import example_utils
-from dhp_jax import benchmarks, consolidation
+from dhp_jax import consolidation, streams
 from dhp_jax import nnx as dhp_nnx
 
 
@@ -67,7 +67,7 @@ def main(argv=None):
                       help="training images MAS averages over")
   args = parser.parse_args(argv)
 
-  stream = benchmarks.permuted_mnist(num_tasks=args.num_tasks, seed=0)
+  stream = streams.permuted_mnist(num_tasks=args.num_tasks, seed=0)
   model = SmallCNN(nnx.Rngs(0))
   tx = optax.chain(consolidation.quadratic_penalty(args.strength), optax.sgd(args.lr))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)

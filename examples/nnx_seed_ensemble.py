@@ -17,7 +17,7 @@ import optax
 from flax import nnx
 
 import example_utils
-from dhp_jax import benchmarks, metrics
+from dhp_jax import metrics, streams
 from dhp_jax import nnx as dhp_nnx
 
 
@@ -42,7 +42,7 @@ def main(argv=None):
   parser.add_argument("--hidden", type=int, nargs="+", default=[400, 400])
   args = parser.parse_args(argv)
 
-  stream = benchmarks.permuted_mnist(num_tasks=args.num_tasks, seed=0)
+  stream = streams.permuted_mnist(num_tasks=args.num_tasks, seed=0)
   seeds = jnp.arange(args.num_seeds)
   model = dhp_nnx.ensemble(lambda rngs: dhp_nnx.MLP(784, args.hidden, 10, rngs=rngs),
                            jax.vmap(jax.random.key)(seeds))

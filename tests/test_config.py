@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from dhp_jax import benchmarks, consolidation, hebbian, models
+from dhp_jax import consolidation, hebbian, models, streams
 from dhp_jax import config as config_lib
 from dhp_jax.config import ROWS, make_config, row_config, row_label, row_of
 
@@ -19,7 +19,7 @@ SPEC = {
 
 
 def test_spec_covers_every_benchmark():
-  assert tuple(SPEC) == benchmarks.BENCHMARKS
+  assert tuple(SPEC) == streams.BENCHMARKS
 
 
 @pytest.mark.parametrize("benchmark", SPEC)
@@ -94,11 +94,11 @@ def test_a_config_that_is_no_row_spells_out_its_changes():
 
 
 # Each vocabulary and the module that owns it.
-OWNERS = {"benchmark": benchmarks.BENCHMARKS, "head": models.HEADS,
+OWNERS = {"benchmark": streams.BENCHMARKS, "head": models.HEADS,
           "theta_init": hebbian.THETA_INITS, "preset": config_lib.PRESET_NAMES,
           "eta_constraint": config_lib.ETA_CONSTRAINTS,
           "fisher_mode": consolidation.FISHER_MODES,
-          "mas_variant": consolidation.MAS_VARIANTS, "scenario": benchmarks.SCENARIOS}
+          "mas_variant": consolidation.MAS_VARIANTS, "scenario": streams.SCENARIOS}
 
 
 def test_every_vocabulary_is_its_owners_tuple():

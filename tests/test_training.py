@@ -13,7 +13,7 @@ import optax
 import pytest
 from absl.testing import parameterized
 
-from dhp_jax import benchmarks, consolidation, engine, models, seeds, training
+from dhp_jax import consolidation, engine, models, seeds, streams, training
 from dhp_jax import config as config_lib
 
 IN, WIDTH, NUM_CLASSES = 5, 3, 4
@@ -177,7 +177,7 @@ class TrainStepTest(chex.TestCase):
     right = np.isin(np.arange(7), [0, 3])        # the padding repeats row 0, a right one
     labels = np.zeros(10, np.int32)
     labels[np.asarray(index)] = np.where(right, predicted, wrong)
-    split = benchmarks.Split(images, jnp.asarray(labels), index)
+    split = streams.Split(images, jnp.asarray(labels), index)
     evaluate = functools.partial(training.evaluate, model=_tiny(), output_slice=output_slice,
                                  batch_size=4)
     accuracy = self.variant(evaluate)(state.params, state.hebb, split, None)
@@ -204,7 +204,7 @@ def _synthetic_tasks():
   """Two tasks over one 24-row image set: 20 training rows each, own pixel permutations."""
   images = jax.random.randint(jax.random.key(7), (24, 1, IN, 1), 0, 256).astype(jnp.uint8)
   labels = jax.random.randint(jax.random.key(8), (24,), 0, NUM_CLASSES).astype(jnp.int32)
-  split = benchmarks.Split(images, labels, jnp.arange(20, dtype=jnp.int32))
+  split = streams.Split(images, labels, jnp.arange(20, dtype=jnp.int32))
   perms = [jax.random.permutation(jax.random.key(9 + t), IN).astype(jnp.int32)
            for t in range(2)]
   return split, perms
@@ -238,7 +238,7 @@ def test_task_two_step_carries_the_consolidated_penalty(method):
   _close(penalty.anchor, trained.params)
   step = functools.partial(training.train_step, model=model)
   optimizer, plain = training.make_optimizer(config), optax.sgd(LR)
-  first, second = [(*benchmarks.make_batch(split.images, split.labels, idx, perms[1]),
+  first, second = [(*streams.make_batch(split.images, split.labels, idx, perms[1]),
                     jnp.ones(8, bool)) for idx in (jnp.arange(8), jnp.arange(8, 16))]
   # Task 2's first step starts at θ = θ*; the second one sees the penalty.
   state, _ = step(state, first, optimizer=optimizer)
