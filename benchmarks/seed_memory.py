@@ -13,7 +13,6 @@ on a GPU the compiler differs, so take them as an estimate (BUILD_NOTES.md).
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 
@@ -21,9 +20,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
+import programs   # a sibling script (benchmarks/ is on the path when run as a script)
 from dhp_jax import config as config_lib
-from dhp_jax import seeds as seeds_lib
-from dhp_jax import training
 
 _OUT = flags.DEFINE_string("out", "results/seed_memory.json", "Where to write the JSON.")
 _SEEDS = flags.DEFINE_list("seeds", ["1", "4", "16"], "Seed counts to compile.")
@@ -35,20 +33,8 @@ def epoch_memory(benchmark: str, num_seeds: int) -> dict:
   """XLA's memory accounting of one compiled epoch program for ``num_seeds`` seeds."""
   config = config_lib.make_config(benchmark, "paper", "online_ewc", head="dhp",
                                   num_seeds=num_seeds, num_tasks=1)
-  seeds = list(range(num_seeds))
-  streams = seeds_lib.build_streams(config, seeds)
-  task = streams[0].tasks[0]
-  model = training.make_model(config, streams[0].num_classes)
-  optimizer = training.make_optimizer(config)
-  keys = seeds_lib.base_keys(seeds)
-  create = functools.partial(training.create_state, model=model,
-                             input_shape=streams[0].input_shape, optimizer=optimizer)
-  state = jax.eval_shape(seeds_lib.seed_jit(create, 0), keys)
-  split, perms = seeds_lib.task_training_inputs(config, streams, 0)
-  epoch = functools.partial(training.train_epoch, batch_size=config.batch_size, model=model,
-                            optimizer=optimizer, output_slice=task.output_slice)
-  compiled = seeds_lib.seed_jit(epoch, (0, 0, None, 0)).lower(
-      state, keys, split, perms).compile()
+  program, state, (keys, split, perms), streams = programs.epoch_program(config, num_seeds)
+  compiled = program.lower(state, keys, split, perms).compile()
   stats = compiled.memory_analysis()
   data = int(sum(np.asarray(x).nbytes for x in (split.images, split.labels)))
   arrays = {id(a): a for t in streams[0].tasks for sp in (t.train, t.test)

@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+import programs   # sibling scripts (benchmarks/ is on the path when run as a script)
 from dhp_jax import config as config_lib
 from dhp_jax import seeds as seeds_lib
-from dhp_jax import training
 from startup import INSTALL_TORCH
 
 TORCH_CNN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_cnn.py")
@@ -128,23 +128,9 @@ def _timed(fn, state, *args):
 def make_epoch(config, num_seeds: int, split=None, xla_defaults: bool = False):
   """A compiled, warmed-up, seed-vmapped epoch of ``config`` as the engine runs it (on
   ``split`` when given, else the first task's training split); returns its runner."""
-  seeds = list(range(num_seeds))
-  streams = seeds_lib.build_streams(config, seeds)
-  task = streams[0].tasks[0]
-  model = training.make_model(config, streams[0].num_classes)
-  optimizer = training.make_optimizer(config)
-  keys = seeds_lib.base_keys(seeds)
-  create = lambda k: training.create_state(k, model, streams[0].input_shape, optimizer)
-  state = seeds_lib.seed_jit(create, 0)(keys)
-  task_split, perms = seeds_lib.task_training_inputs(config, streams, 0)
-
-  def epoch(state, key, split, perm):
-    return training.train_epoch(state, key, split, perm, batch_size=config.batch_size,
-                                model=model, optimizer=optimizer,
-                                output_slice=task.output_slice)
-
-  fn = seeds_lib.seed_jit(epoch, (0, 0, None, 0), xla_defaults=xla_defaults)
-  return _timed(fn, state, keys, task_split if split is None else split, perms)
+  program, state, (keys, task_split, perms), _ = programs.epoch_program(
+      config, num_seeds, xla_defaults=xla_defaults)
+  return _timed(program, state, keys, task_split if split is None else split, perms)
 
 
 def round_robin(runners: dict, repeats: int) -> dict:

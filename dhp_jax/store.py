@@ -125,19 +125,25 @@ def read_json(path: str) -> dict:
 
 # ------------------------------------------------------------------------- the lock
 
+def directory_problem(path: str) -> Optional[str]:
+  """Creates the directory ``path`` if needed; None when it is usable, else what is wrong
+  with it and what to do (for the caller's message, which names the path its own way)."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    return "is a file: use another path or move the file away"
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    return f"cannot be created ({e.strerror}): use a directory you can write to"
+  if not os.access(path, os.W_OK | os.X_OK):
+    return "is not writable: use a directory you can write to"
+  return None
+
+
 def check_out_dir(out_dir: str) -> None:
   """Creates ``out_dir`` if needed; StoreError when it is a file or not writable."""
-  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-    raise StoreError(f"the run directory {out_dir} is a file: use another path or move "
-                     f"the file away")
-  try:
-    os.makedirs(out_dir, exist_ok=True)
-  except OSError as e:
-    raise StoreError(f"cannot create the run directory {out_dir}: {e.strerror}; use a "
-                     f"directory you can write to") from None
-  if not os.access(out_dir, os.W_OK | os.X_OK):
-    raise StoreError(f"the run directory {out_dir} is not writable; use a directory you "
-                     f"can write to")
+  problem = directory_problem(out_dir)
+  if problem:
+    raise StoreError(f"the run directory {out_dir} {problem}")
 
 
 @contextlib.contextmanager

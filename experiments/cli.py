@@ -223,16 +223,10 @@ def entry_point(run, define, advice: Mapping[str, str] = RUN_ADVICE) -> None:
 def check_directory_flag(flag: str, path: str) -> None:
   """Creates the directory ``path`` given as ``--<flag>`` if needed; ValueError naming the
   flag when it is a file, under one, or not writable."""
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise ValueError(f"--{flag}={path} is a file, expected a directory: pass another path "
-                     f"or move the file away")
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    raise ValueError(f"--{flag}={path}: cannot create the directory ({e.strerror}); pass "
-                     f"a directory you can write to") from None
-  if not os.access(path, os.W_OK | os.X_OK):
-    raise ValueError(f"--{flag}={path} is not writable; pass a directory you can write to")
+  from dhp_jax import store
+  problem = store.directory_problem(path)
+  if problem:
+    raise ValueError(f"--{flag}={path} {problem}")
 
 
 @contextlib.contextmanager

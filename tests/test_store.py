@@ -194,7 +194,7 @@ def test_a_damaged_latest_commit_costs_at_most_one_task(tmp_path, damage, uninte
 def test_an_out_dir_that_cannot_be_a_directory_is_a_clear_error(tmp_path, where):
   (tmp_path / "a_file").write_text("")
   out = str(tmp_path / "a_file") if where == "a_file" else str(tmp_path / "a_file" / "run")
-  with pytest.raises(store.StoreError, match="is a file|cannot create"):
+  with pytest.raises(store.StoreError, match="is a file|cannot be created"):
     store.check_out_dir(out)
 
 
