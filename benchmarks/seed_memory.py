@@ -8,8 +8,9 @@ engine's epoch program is compiled for 1, 4 and 16 seeds and ``memory_analysis()
 its argument, output and temporary bytes. The bytes per seed are the slope between the
 seed counts; the data (uint8 images placed on the device once, shared by every seed) is
 reported apart, and the fixed part counts every task's data (what the engine places on
-the device for a run: the paper's number of tasks, 4 vision data sets here). Nothing is run, so the numbers do not depend on what else the CPU does;
-on a GPU the compiler differs, so take them as an estimate (BUILD_NOTES.md).
+the device for a run: the paper's number of tasks, 4 vision data sets here). Nothing is
+run, so the numbers do not depend on what else the CPU does; on a GPU the compiler
+differs, so take them as an estimate (BUILD_NOTES.md).
 """
 from __future__ import annotations
 

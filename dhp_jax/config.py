@@ -52,33 +52,46 @@ BENCHMARK_PRESETS = {
 assert tuple(BENCHMARK_PRESETS) == streams.BENCHMARKS
 
 
+def _field(default, help_: str):
+  """A ``Config`` field with its flag help (``experiments/cli.py`` reads it)."""
+  return dataclasses.field(default=default, metadata={"help": help_})
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Everything that determines a run's numbers (out_dir/data_dir/resume excluded)."""
-  benchmark: str = "permuted_mnist"
-  method: str = "finetune"
-  head: str = "dhp"                 # 'matched' = the paper's capacity-matched baseline
-  freeze_alpha: bool = False        # DHP head with α held at 0 (ablation, SPEC §1)
-  theta_init: str = "author"
-  preset: str = "quick"
-  num_tasks: int = 10
-  epochs: int = 1
-  batch_size: int = 64
-  lr: float = 0.01
-  eta_init: float = 1e-3
-  strength: float = 0.0             # λ of the quadratic penalty
-  si_xi: float = 0.1
-  ewc_gamma: float = 1.0
-  fisher_mode: str = "exact"
-  mas_variant: str = "global"       # 'local' = layer-wise (Hebbian) MAS
-  importance_samples: int = 0       # 0 = the task's whole training set
-  eta_constraint: str = "none"
-  num_seeds: int = 1
-  seed: int = 0
-  hidden: tuple = (400, 400)
-  scenario: str = "task"            # split MNIST: 'task' | 'class'
-  vision_datasets: tuple = streams.VISION_DATASETS
-  train_subset: int = 0             # >0: first n training samples per task (smoke tests)
+  benchmark: str = _field("permuted_mnist", "Task stream.")
+  method: str = _field("finetune", "Consolidation method.")
+  head: str = _field("dhp", "Output head: dhp, or matched (the paper's capacity-matched "
+                     "plain head).")
+  freeze_alpha: bool = _field(False, "DHP head with α held at 0 (ablation, SPEC §1).")
+  theta_init: str = _field("author", "Output-layer θ init, the same for every head "
+                           "(SPEC §1).")
+  preset: str = _field("quick", "paper = SPEC §3 exactly; quick, medium = the same with "
+                       "fewer epochs (reduced scale).")
+  num_tasks: int = _field(10, "Number of tasks.")
+  epochs: int = _field(1, "Epochs per task.")
+  batch_size: int = _field(64, "Batch size.")
+  lr: float = _field(0.01, "SGD learning rate.")
+  eta_init: float = _field(1e-3, "Initial η.")
+  strength: float = _field(0.0, "Penalty strength λ.")
+  si_xi: float = _field(0.1, "SI damping ξ.")
+  ewc_gamma: float = _field(1.0, "Online EWC decay γ.")
+  fisher_mode: str = _field("exact", "Fisher estimate for (Online) EWC.")
+  mas_variant: str = _field("global", "MAS importance: global (output norm) or local "
+                            "(layer-wise, Hebbian).")
+  importance_samples: int = _field(0, "Samples for the Fisher/MAS estimate (0 = whole "
+                                   "task).")
+  eta_constraint: str = _field("none", "project = clip the stored η into [0, 1] after "
+                               "each step.")
+  num_seeds: int = _field(1, "Seeds trained together (vmapped).")
+  seed: int = _field(0, "First seed; seeds are seed .. seed+num_seeds-1.")
+  hidden: tuple = _field((400, 400), "Hidden layer widths of the MLP.")
+  scenario: str = _field("task", "Split MNIST scenario.")
+  vision_datasets: tuple = _field(streams.VISION_DATASETS, "Data sets of the vision "
+                                  "mixture, in task order.")
+  train_subset: int = _field(0, "First n training samples of each task (smoke tests; "
+                             "0 = all).")
 
   def validate(self) -> "Config":
     """Returns self, or raises ValueError naming the first field out of range."""
@@ -270,9 +283,11 @@ BASELINE_OF = {"dhp": "finetune",
 # 10-way head, where a memory in the output layer has the most to do.
 VARIANTS = {"split_mnist_class": ("split_mnist", {"scenario": "class"})}
 TABLES = streams.BENCHMARKS + tuple(VARIANTS)
-# Fields a row leaves to the run (how long, how many seeds, which data).
-_RUN_FIELDS = ("num_tasks", "epochs", "num_seeds", "seed", "importance_samples",
-               "train_subset", "scenario", "vision_datasets")
+# The fields a table or sweep leaves to its user (how long, how many seeds, how much
+# data); a row also leaves which data (scenario, vision data sets) to its table.
+RUN_SIZE_FIELDS = ("num_tasks", "epochs", "num_seeds", "seed", "importance_samples",
+                   "train_subset")
+_RUN_FIELDS = RUN_SIZE_FIELDS + ("scenario", "vision_datasets")
 
 
 def table_benchmark(table: str) -> tuple[str, dict]:

@@ -21,31 +21,6 @@ from absl import flags, logging
 
 from dhp_jax import config as config_lib
 
-_HELP = {
-    "benchmark": "Task stream.",
-    "method": "Consolidation method.",
-    "head": "Output head: dhp, or matched (the paper's capacity-matched plain head).",
-    "freeze_alpha": "DHP head with α held at 0 (ablation).",
-    "theta_init": "Output-layer θ init, the same for every head (SPEC §1).",
-    "preset": "paper = SPEC §3 exactly; quick, medium = the same with fewer epochs "
-              "(reduced scale).",
-    "num_tasks": "Number of tasks.", "epochs": "Epochs per task.",
-    "batch_size": "Batch size.", "lr": "SGD learning rate.", "eta_init": "Initial η.",
-    "strength": "Penalty strength λ.", "si_xi": "SI damping ξ.",
-    "ewc_gamma": "Online EWC decay γ.", "fisher_mode": "Fisher estimate for (Online) EWC.",
-    "mas_variant": "MAS importance: global (output norm) or local (layer-wise, Hebbian).",
-    "importance_samples": "Samples for the Fisher/MAS estimate (0 = whole task).",
-    "eta_constraint": "project = clip the stored η into [0, 1] after each step.",
-    "num_seeds": "Seeds trained together (vmapped).",
-    "seed": "First seed; seeds are seed .. seed+num_seeds-1.",
-    "hidden": "Hidden layer widths of the MLP.",
-    "scenario": "Split MNIST scenario.",
-    "vision_datasets": "Data sets of the vision mixture, in task order.",
-    "train_subset": "First n training samples of each task (smoke tests; 0 = all).",
-}
-# The fields a table or sweep leaves to the user: how long, how many seeds, which data.
-RUN_SIZE_FIELDS = ("num_tasks", "epochs", "num_seeds", "seed", "importance_samples",
-                   "train_subset")
 DEFAULT_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "dhp_jax", "jax")
 # Where `make fetch` puts the data (the Makefile's DATA, $(CURDIR)/.data, run from the
 # checkout these binaries are in): searched by default when it exists.
@@ -61,7 +36,7 @@ def define_config_flags(fv: flags.FlagValues, fields: Sequence[str] = (),
     name = field.name
     if fields and name not in fields:
       continue
-    default, help_ = defaults.get(name), _HELP[name]
+    default, help_ = defaults.get(name), field.metadata["help"]
     kind = type(field.default)
     if name in config_lib.CHOICES:
       flags.DEFINE_enum(name, default, list(config_lib.CHOICES[name]), help_, flag_values=fv)

@@ -17,7 +17,7 @@ if __package__ in (None, ""):   # run as a script: make `experiments` importable
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dhp_jax import engine, plotting, results as results_lib, store
-from dhp_jax.config import PRESET_NAMES, make_config
+from dhp_jax.config import PRESET_NAMES, RUN_SIZE_FIELDS, make_config
 from experiments import cli
 
 ETAS = (0.1, 0.01, 0.001, 0.0005, 0.0001)
@@ -64,7 +64,7 @@ def define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_list("benchmarks", ["split_mnist"], "Benchmarks to sweep.", flag_values=fv)
   flags.DEFINE_list("etas", [f"{e:g}" for e in ETAS], "Initial η values.", flag_values=fv)
   flags.DEFINE_enum("preset", "quick", list(PRESET_NAMES), "Preset.", flag_values=fv)
-  cli.define_config_flags(fv, cli.RUN_SIZE_FIELDS, defaults=dict(num_seeds=5, seed=0))
+  cli.define_config_flags(fv, RUN_SIZE_FIELDS, defaults=dict(num_seeds=5, seed=0))
   flags.DEFINE_string("out_root", "results", "Root folder.", flag_values=fv)
 
 
@@ -74,10 +74,10 @@ def run(fv: flags.FlagValues) -> dict:
   except ValueError:
     raise ValueError(f"--etas must be a list of numbers, got {fv.etas}") from None
   cli.check_directory_flag("out_root", fv.out_root)
-  overrides = cli.config_overrides(fv, cli.RUN_SIZE_FIELDS)
+  overrides = cli.config_overrides(fv, RUN_SIZE_FIELDS)
   for benchmark in fv.benchmarks:   # every point is DHP Softmax fine-tuning
     cli.refuse_flags_without_effect(fv, sweep_config(benchmark, fv.preset, etas[0], **overrides),
-                                    cli.RUN_SIZE_FIELDS)
+                                    RUN_SIZE_FIELDS)
   return run_sweep(fv.benchmarks, etas, fv.preset, overrides.pop("num_seeds"), fv.out_root,
                    seed=overrides.pop("seed"), data_dir=cli.data_dirs(fv.data_dir),
                    progress=fv.progress,

@@ -26,8 +26,8 @@ if __package__ in (None, ""):   # run as a script: make `experiments` importable
 
 from dhp_jax import engine, metrics, plotting, results as results_lib, store
 from experiments import cli, instability
-from dhp_jax.config import (BASELINE_OF, DEFAULT_ROWS, PRESET_NAMES, ROWS, TABLES,
-                            make_config, row_config, row_label, table_benchmark)
+from dhp_jax.config import (BASELINE_OF, DEFAULT_ROWS, PRESET_NAMES, ROWS, RUN_SIZE_FIELDS,
+                            TABLES, make_config, row_config, row_label, table_benchmark)
 
 # Table I of the paper: average test accuracy (%) / BWT after all tasks, 10 trials.
 PAPER = {
@@ -410,7 +410,7 @@ def define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_list("rows", list(DEFAULT_ROWS), "Rows to run (default: Table I's eight "
                     f"and two controls; also available: {list(ROWS)[10:]}).", flag_values=fv)
   flags.DEFINE_enum("preset", "quick", list(PRESET_NAMES), "Preset.", flag_values=fv)
-  cli.define_config_flags(fv, cli.RUN_SIZE_FIELDS, defaults=dict(num_seeds=3, seed=0))
+  cli.define_config_flags(fv, RUN_SIZE_FIELDS, defaults=dict(num_seeds=3, seed=0))
   flags.DEFINE_string("out_root", "results", "Root folder of the result tables.",
                       flag_values=fv)
   flags.DEFINE_bool("tables_only", False, "Only rewrite every table under --out_root "
@@ -422,7 +422,7 @@ def run(fv: flags.FlagValues) -> dict:
     return {"rewritten": refresh_tables(fv.out_root)}
   check_names(fv.benchmarks, fv.rows)
   cli.check_directory_flag("out_root", fv.out_root)
-  overrides = cli.config_overrides(fv, cli.RUN_SIZE_FIELDS)
+  overrides = cli.config_overrides(fv, RUN_SIZE_FIELDS)
   return run_table(fv.benchmarks, fv.rows, fv.preset, overrides.pop("num_seeds"),
                    fv.out_root, seed=overrides.pop("seed"),
                    data_dir=cli.data_dirs(fv.data_dir),

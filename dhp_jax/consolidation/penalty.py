@@ -70,7 +70,8 @@ def quadratic_penalty(strength: float, mask: Optional[Callable[[PyTree], PyTree]
 
   That is the gradient of ``λ Σ_k Ω_k (θ_k − θ*_k)²`` (no ½). α and η (see
   ``slow_weights_mask``, decided from the params' structure at update time) pass through
-  untouched; ``mask(params)`` (a pytree of bools like the params) chooses other leaves. The state starts at Ω = 0, θ* = 0 (no penalty); set both between tasks with
+  untouched; ``mask(params)`` (a pytree of bools like the params) chooses other leaves.
+  The state starts at Ω = 0, θ* = 0 (no penalty); set both between tasks with
   ``set_penalty``, which checks them against the params once (the update trusts its
   state: no checks in the jitted hot path). Use as
   ``optax.chain(quadratic_penalty(λ), optax.sgd(lr))``.
