@@ -45,9 +45,9 @@ VISION_TASKS ?= 4
 # Issue 14: the permuted benchmarks at the paper preset, 5 paired seeds per row; the rows
 # carrying the headline claims first, then the mini-batch Fisher hypothesis rows, then the
 # faithful Online EWC rows (they diverge; their added seeds record lr·λ·Ω per task).
+PAPER_ROWS := finetune,dhp,dhp_frozen_alpha,mas,dhp+mas,dhp+mas_eta_projected,finetune_dense,si,dhp+si,dhp_eta_projected,online_ewc_batch,dhp+online_ewc_batch,online_ewc,dhp+online_ewc
 # Issue 18: the vision mixture at the medium preset (10 epochs/task), 3 paired seeds.
 VISION_ROWS := finetune,dhp,dhp_frozen_alpha,finetune_dense,si,dhp+si,mas,dhp+mas,online_ewc,dhp+online_ewc
-PAPER_ROWS := finetune,dhp,dhp_frozen_alpha,mas,dhp+mas,dhp+mas_eta_projected,finetune_dense,si,dhp+si,dhp_eta_projected,online_ewc_batch,dhp+online_ewc_batch,online_ewc,dhp+online_ewc
 reproduce: fetch
 	$(PY) experiments/table1.py --benchmarks=split_mnist --preset=paper --num_seeds=10 \
 		--out_root=results --noprogress
