@@ -10,7 +10,6 @@ from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from dhp_jax import layers
 from dhp_jax.ops import patch_conv

@@ -11,7 +11,7 @@ None of them sees the seed axis: ``dhp_jax.seeds.seed_jit`` vmaps them over it.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
