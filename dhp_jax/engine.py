@@ -53,15 +53,14 @@ class Run(NamedTuple):
 
 
 class Progress(NamedTuple):
-  """What a run has done so far (what a commit saves)."""
+  """What a run has done so far (what a commit saves): the training state and the run
+  record (accuracies, divergence, trace, stability; ``record.completed_tasks`` tasks)."""
   state: training.TrainState
-  acc: np.ndarray            # [S, T, T], NaN where not yet evaluated
-  init_acc: np.ndarray       # [S, T]
-  trace: dict                # per epoch, one value per seed
-  diverged: dict             # seed -> {task, epoch, quantities}
-  stability: list            # per task {task, max_lr_strength_importance: [S]}
-  next_task: int             # 0-based
-  wall_before: float         # seconds spent before a resume
+  record: results_lib.RunRecord
+
+  @property
+  def next_task(self) -> int:   # 0-based
+    return self.record.completed_tasks
 
 
 def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_dir=None,
@@ -76,9 +75,9 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
   ``stop_after_task`` (1-based count) ends the run early, as a kill would (for tests).
   ``observers``: objects with ``epoch(task, epoch, values)`` and ``task(task, accuracy)``
   methods (e.g. ``dhp_jax.metric_writers.MetricsWriter``), called with host values, and
-  optionally ``start(results)``, called once before training with the committed results
-  the run goes on from (None: none). Without a progress bar, one line per finished task
-  goes to ``log``. Ctrl-C raises ``Interrupted`` saying which tasks are kept.
+  optionally ``start(record)``, called once before training with the committed
+  ``results.RunRecord`` the run goes on from (None: none). Without a progress bar, one
+  line per finished task goes to ``log``. Ctrl-C raises ``Interrupted`` saying which tasks are kept.
   ``num_devices``: use at most the first that many devices (default: all; the seeds
   are split over them as ``seeds.devices_for`` says).
   """
@@ -87,11 +86,11 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
     with _lock(out_dir):   # first: a busy directory is refused before any work
       run = prepare(config, data_dir, num_devices)
       done = _init_or_restore(run, out_dir, resume=resume, restart=restart, log=log)
-      committed = store.read_results(out_dir) if out_dir is not None else None
-      for observer in observers:   # e.g. metrics rewound to the commit
-        getattr(observer, "start", lambda results: None)(committed)
-      if done.next_task >= config.num_tasks:
+      if done.next_task >= config.num_tasks:   # finished: its results, as committed
+        committed = store.read_results(out_dir)
+        _start(observers, results_lib.read(committed))
         return committed
+      _start(observers, done.record if done.next_task else None)
       watchers = [*observers, _ProgressBar(run, done.next_task) if progress
                   else _TaskLog(run, done.next_task, log)]
       try:
@@ -103,15 +102,23 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
     raise Interrupted(_kept(out_dir, config)) from None
 
 
+def _start(observers, record) -> None:
+  """Tells the observers the record the run goes on from (None: none), e.g. so metrics
+  are rewound to the commit."""
+  for observer in observers:
+    getattr(observer, "start", lambda record: None)(record)
+
+
 def _train_tasks(run: Run, done: Progress, out_dir, watchers, stop_after_task, log) -> dict:
   """The loop: each task trained, consolidated, evaluated and committed; the results."""
-  wall_start, results = time.time(), None
+  wall_start, wall_before, results = time.time(), done.record.wall_time_s or 0.0, None
   for t in range(done.next_task, run.config.num_tasks):
     done, task_start_params = _train_task(run, done, t, out_dir, watchers, log)
     done = _consolidate_task(run, done, t, task_start_params)
     done = _evaluate_task(run, done, t, watchers)
-    results = _commit_task(run, done, out_dir, wall_start)
-    _warn_if_unstable(run, done.stability[-1:], log)
+    done, results = _commit_task(run, done, out_dir,
+                                 wall_before + time.time() - wall_start)
+    _warn_if_unstable(run, done.record.stability[-1:], log)
     if stop_after_task is not None and t + 1 >= stop_after_task:
       break
   return results
@@ -223,21 +230,28 @@ def _init_or_restore(run: Run, out_dir, *, resume: bool, restart: bool, log) -> 
     elif commit is None and resume:
       log(f"nothing to resume in {out_dir} yet; starting from task 1")
   if commit is None:
-    num_tasks = config.num_tasks
-    return Progress(state, np.full((config.num_seeds, num_tasks, num_tasks), np.nan),
-                    _evaluate_all(run, state), _empty_trace(), {}, [], 0, 0.0)
+    return Progress(state, _new_record(run, _evaluate_all(run, state)))
   return _restored(run, out_dir, commit, state, log)
+
+
+def _new_record(run: Run, init_accuracy: np.ndarray) -> results_lib.RunRecord:
+  """The record of a run before its first task; ``init_accuracy`` [S, T]."""
+  config, num_seeds = run.config, len(run.seeds)
+  return results_lib.RunRecord(
+      config=config.to_json(), seeds=tuple(run.seeds), num_tasks=config.num_tasks,
+      completed_tasks=0,
+      accuracy=np.full((num_seeds, config.num_tasks, config.num_tasks), np.nan),
+      init_accuracy=init_accuracy, divergence=(None,) * num_seeds,
+      trace=results_lib.empty_trace(num_seeds), notes=run.notes,
+      task_names=tuple(t.name for t in run.tasks),
+      devices=tuple(str(d) for d in run.layout.devices))
 
 
 def _without_state(commit: store.Commit, config: Config) -> bool:
   """An unfinished run of ``config`` whose state is gone (e.g. a fresh clone)."""
   return (commit.state_path is None
           and config_lib.config_matches(commit.results.get("config", {}), config)
-          and not store.is_finished(commit.results, config.num_seeds))
-
-
-def _empty_trace() -> dict:
-  return {name: [] for name in (*results_lib.TRACE_QUANTITIES, "task")}
+          and not results_lib.RunRecord.from_json(commit.results).finished())
 
 
 def _restored(run: Run, out_dir: str, commit: store.Commit, target, log) -> Progress:
@@ -247,25 +261,17 @@ def _restored(run: Run, out_dir: str, commit: store.Commit, target, log) -> Prog
   num_tasks = run.config.num_tasks
   if commit.note:
     log(commit.note)
-  if commit.task >= num_tasks or store.is_finished(commit.results, run.config.num_seeds):
+  if commit.task >= num_tasks or results_lib.RunRecord.from_json(commit.results).finished():
     log(f"resuming {out_dir} after task {commit.task}/{num_tasks}")
-    return Progress(target, None, None, commit.results["trace"], {}, [], num_tasks, 0.0)
-  commit, restored = store.restore_or_earlier(out_dir, commit, run.layout.gather(target),
-                                              log)
+    return Progress(target, dataclasses.replace(_new_record(run, None),
+                                                completed_tasks=num_tasks))
+  commit, restored, arrays = store.restore_or_earlier(out_dir, commit,
+                                                      run.layout.gather(target), log)
   log(f"resuming {out_dir} after task {commit.task}/{num_tasks}")
-  saved, done = commit.results, commit.task
   state = seeds_lib.put(run.layout.pad(restored), run.layout.sharding)
-  acc = np.full((run.config.num_seeds, num_tasks, num_tasks), np.nan)
-  diverged = {}
-  for s, entry in enumerate(saved["per_seed"]):
-    rows = entry["accuracy_matrix_all_tasks"][:done]
-    acc[s, :len(rows)] = np.asarray(rows, dtype=float).reshape(len(rows), num_tasks)
-    if "diverged" in entry:
-      diverged[entry["seed"]] = entry["diverged"]
-  init_acc = np.asarray([e["init_accuracy"] for e in saved["per_seed"]])
-  return Progress(state, acc, init_acc, saved["trace"], diverged,
-                  list(saved.get("penalty_stability", [])), done,
-                  saved.get("wall_time_s") or 0.0)
+  if arrays is None:   # a commit written before engine v3: its progress is its results
+    return Progress(state, results_lib.RunRecord.from_json(commit.results))
+  return Progress(state, _new_record(run, None).with_progress(arrays))
 
 
 def _check_same_config(out_dir: str, saved: dict, config: Config) -> None:
@@ -285,8 +291,7 @@ def _train_task(run: Run, done: Progress, t: int, out_dir, watchers, log):
   Returns the progress and the parameters at the task's start (for consolidation)."""
   task_keys = seeds_lib.task_keys(run.keys, t)
   epoch_fn = run.programs.epoch(run.tasks[t].output_slice)
-  state, diverged = done.state, dict(done.diverged)
-  trace = {name: list(values) for name, values in done.trace.items()}
+  state, record = done.state, done.record
   start_params = _copy(state.params)
   for epoch in range(run.config.epochs):
     keys = seeds_lib.put(seeds_lib.epoch_keys(task_keys, epoch), run.layout.sharding)
@@ -295,15 +300,20 @@ def _train_task(run: Run, done: Progress, t: int, out_dir, watchers, log):
     # when XLA splits a reduction over the seed axis.
     loss, seen = run.layout.gather((stats["loss"], state._replace(opt_state=None)))
     finite, plastic = jax.device_get(_epoch_summary(loss, seen))
-    _record_nonfinite(run, done, finite, diverged, t, epoch, out_dir, log)
+    record = _record_nonfinite(run, done.record, record, finite, t, epoch, out_dir, log)
     values = {**{k: np.asarray(v).tolist() for k, v in plastic.items()},
               "epoch_loss": np.asarray(loss).tolist()}
-    for name, per_seed in values.items():
-      trace[name].append(results_lib.finite_or_none(per_seed))
-    trace["task"].append(t)
+    record = dataclasses.replace(record, trace=_appended(record.trace, values, t))
     for watcher in watchers:
       watcher.epoch(t, epoch, values)
-  return done._replace(state=state, trace=trace, diverged=diverged), start_params
+  return Progress(state, record), start_params
+
+
+def _appended(trace: dict, values: dict, task: int) -> dict:
+  """``trace`` with one more epoch: ``values`` (name -> [S]) of task ``task``."""
+  grown = {name: np.concatenate([trace[name], np.asarray([values[name]], float)])
+           for name in results_lib.TRACE_QUANTITIES if name in values}
+  return {**trace, **grown, "task": np.append(trace["task"], task)}
 
 
 @jax.jit
@@ -312,64 +322,68 @@ def _epoch_summary(loss, state):
   def per_seed(tree):
     ok = [jnp.isfinite(x).reshape(x.shape[0], -1).all(1) for x in jax.tree.leaves(tree)]
     return jnp.stack(ok).all(0) if ok else jnp.ones(loss.shape, bool)
-  finite = {"loss": jnp.isfinite(loss), "Hebb trace": per_seed(state.hebb),
-            "parameters": per_seed(state.params)}
+  finite = dict(zip(results_lib.NONFINITE_QUANTITIES,
+                    (jnp.isfinite(loss), per_seed(state.hebb), per_seed(state.params))))
   return finite, jax.vmap(training.plasticity_stats)(state)
 
 
-def _record_nonfinite(run: Run, done: Progress, finite: dict, diverged: dict, t: int,
-                      epoch: int, out_dir, log) -> None:
-  """Adds newly non-finite seeds to ``diverged``; the others go on (each seed's slot in
-  the vmapped program is independent). When none is left: recorded, NonFiniteError."""
-  bad = {seed: [name for name, ok in finite.items() if not ok[s]]
-         for s, seed in enumerate(run.seeds) if seed not in diverged}
-  bad = {seed: names for seed, names in bad.items() if names}
-  for seed, names in bad.items():
-    diverged[seed] = {"task": t + 1, "epoch": epoch + 1, "quantities": names}
+def _record_nonfinite(run: Run, committed: results_lib.RunRecord,
+                      record: results_lib.RunRecord, finite: dict, t: int, epoch: int,
+                      out_dir, log) -> results_lib.RunRecord:
+  """``record`` with newly non-finite seeds' divergence; the others go on (each seed's
+  slot in the vmapped program is independent). When none is left: the ``committed``
+  record marked stopped, NonFiniteError."""
+  divergence = list(record.divergence)
+  for s, was in enumerate(record.divergence):
+    names = tuple(name for name, ok in finite.items() if not ok[s])
+    if was is None and names:
+      divergence[s] = results_lib.Divergence(t + 1, epoch + 1, names)
+  bad = sorted(seed for seed, was, now in zip(run.seeds, record.divergence, divergence)
+               if was is None and now is not None)
+  record = dataclasses.replace(record, divergence=tuple(divergence))
   if not bad:
-    return
-  if len(diverged) < len(run.seeds):
-    log(f"seeds {sorted(bad)}: non-finite in task {t + 1}, epoch {epoch + 1}; recorded, "
+    return record
+  if not record.stopped():
+    log(f"seeds {bad}: non-finite in task {t + 1}, epoch {epoch + 1}; recorded, "
         f"the other seeds go on")
-    return
-  names = sorted({n for names in bad.values() for n in names})
-  stop = {"task": t + 1, "epoch": epoch + 1, "quantities": names, "seeds": sorted(bad)}
+    return record
+  stopped = dataclasses.replace(committed, divergence=record.divergence)
   if out_dir is not None and t > 0:
     # Recorded, so a table can show the row as diverged instead of re-running it.
-    store.record_stop(out_dir, {**store.read_results(out_dir), "diverged": stop})
+    store.record_stop(out_dir, stopped.to_json())
+  names = stopped.to_json()["diverged"]["quantities"]
   raise NonFiniteError(f"non-finite {', '.join(names)} in task {t + 1}, epoch {epoch + 1} "
-                       f"(seeds {stop['seeds']}); results up to task {t} are in {out_dir}")
+                       f"(seeds {bad}); results up to task {t} are in {out_dir}")
 
 
 def _consolidate_task(run: Run, done: Progress, t: int, task_start_params) -> Progress:
   """The method's task-end bookkeeping, and the stability of SGD on its new penalty."""
-  if not consolidation.METHODS[run.config.method].penalised:
+  method = consolidation.METHODS[run.config.method]
+  if method.end_task is None:
     return done   # nothing to do at a task's end (and no program to compile)
   keys = seeds_lib.put(seeds_lib.consolidation_keys(seeds_lib.task_keys(run.keys, t)),
                        run.layout.sharding)
   state = run.programs.consolidate(run.tasks[t].output_slice)(
       done.state, task_start_params, run.train_splits[t], run.perms[t], keys)
-  strength_lr = run.config.strength * run.config.lr
-  per_leaf = jax.device_get(run.layout.gather(_largest_importance(state.opt_state,
-                                                                  state.params)))
-  record = {"task": t + 1,
-            "max_lr_strength_importance": [float(strength_lr * max(v[s] for v in
-                                                                    per_leaf.values()))
-                                           for s in range(len(run.seeds))],
-            "largest_layer": [max(per_leaf, key=lambda k: per_leaf[k][s])
-                              for s in range(len(run.seeds))]}
-  stability = done.stability + [record]
-  return done._replace(state=state, stability=stability)
+  record = done.record
+  if method.stability is not None:
+    record = dataclasses.replace(record, stability=record.stability + (
+        _stability(run, t, _per_seed(method.stability)(state.opt_state, state.params)),))
+  return Progress(state, record)
 
 
-@jax.jit
-def _largest_importance(opt_state, params) -> dict:
-  """{slow-weight path: [S] largest Ω} of the penalty in ``opt_state``."""
-  importance = consolidation.get_penalty(opt_state).importance
-  mask = consolidation.slow_weights_mask(params)
-  leaves = jax.tree_util.tree_leaves_with_path(importance)
-  return {jax.tree_util.keystr(path): leaf.reshape(leaf.shape[0], -1).max(1)
-          for (path, leaf), slow in zip(leaves, jax.tree.leaves(mask)) if slow}
+@functools.lru_cache(maxsize=None)
+def _per_seed(hook):
+  return jax.jit(jax.vmap(hook))
+
+
+def _stability(run: Run, t: int, per_leaf) -> results_lib.Stability:
+  """lr·λ·(largest Ω) per seed after task ``t`` and its layer; ``per_leaf`` {layer: [slots]}."""
+  per_leaf = jax.device_get(run.layout.gather(per_leaf))
+  strength_lr, seeds = run.config.strength * run.config.lr, range(len(run.seeds))
+  return results_lib.Stability(
+      t + 1, tuple(float(strength_lr * max(v[s] for v in per_leaf.values())) for s in seeds),
+      tuple(max(per_leaf, key=lambda k: per_leaf[k][s]) for s in seeds))
 
 
 # Plain SGD on λΩ(θ−θ*)² multiplies the offset by (1 − 2·lr·λ·Ω) per step: it diverges
@@ -381,37 +395,31 @@ def _warn_if_unstable(run: Run, records: list, log) -> None:
   """Plain SGD on λΩ(θ−θ*)² is unstable once lr·λ·Ω > 1 (BUILD_NOTES, "Online EWC can
   diverge"): said before the next task starts. No clamping: the method stays faithful."""
   for record in records:
-    for s, value in enumerate(record["max_lr_strength_importance"]):
+    for s, value in enumerate(record.value):
       if value > STABILITY_BOUND:
-        log(f"WARNING: after task {record['task']}, seed {run.seeds[s]}: lr·λ·Ω = "
-            f"{value:.3g} > 1 in {record['largest_layer'][s]}: plain SGD on the penalty is "
+        log(f"WARNING: after task {record.task}, seed {run.seeds[s]}: lr·λ·Ω = "
+            f"{value:.3g} > 1 in {record.layer[s]}: plain SGD on the penalty is "
             f"unstable there and the next task may diverge")
 
 
 def _evaluate_task(run: Run, done: Progress, t: int, watchers) -> Progress:
-  acc = done.acc.copy()
-  acc[:, t] = _evaluate_all(run, done.state)
+  accuracy = done.record.accuracy.copy()
+  accuracy[:, t] = _evaluate_all(run, done.state)
   for watcher in watchers:
-    watcher.task(t, acc[:, t])
-  return done._replace(acc=acc, next_task=t + 1)
+    watcher.task(t, accuracy[:, t])
+  return done._replace(record=dataclasses.replace(done.record, accuracy=accuracy,
+                                                  completed_tasks=t + 1))
 
 
-def _commit_task(run: Run, done: Progress, out_dir, wall_start: float) -> dict:
-  """The results payload after task ``done.next_task``, committed with the state."""
-  task = done.next_task
-  results = {"config": run.config.to_json(), "completed_tasks": task,
-             "num_tasks": run.config.num_tasks, "notes": list(run.notes),
-             "task_names": [t.name for t in run.tasks],
-             "per_seed": results_lib.per_seed_results(run.seeds, done.acc, done.init_acc,
-                                                      task, done.diverged),
-             "trace": done.trace, "devices": [str(d) for d in run.layout.devices],
-             "wall_time_s": round(done.wall_before + time.time() - wall_start, 1)}
-  if done.stability:
-    results["penalty_stability"] = done.stability
-  results["mean"], results["sem"] = results_lib.summarize(results["per_seed"])
+def _commit_task(run: Run, done: Progress, out_dir, wall_time_s: float):
+  """(progress, results payload) after task ``done.next_task``, committed with the state
+  and the record's arrays."""
+  record = dataclasses.replace(done.record, wall_time_s=round(wall_time_s, 1))
+  results = record.to_json()
   if out_dir is not None:
-    store.commit(out_dir, task, results, run.layout.gather(done.state))
-  return results
+    store.commit(out_dir, record.completed_tasks, results, run.layout.gather(done.state),
+                 record.progress_arrays())
+  return done._replace(record=record), results
 
 
 def _duration(seconds: float) -> str:
@@ -483,7 +491,8 @@ def extend_seeds(config: Config, out_dir: str, *, train=None, **train_kwargs) ->
   seeds is not raised: they are merged as diverged seeds.
   """
   with store.locked(out_dir):
-    held = store.seeds_to_extend(out_dir, config)
+    held = results_lib.load(out_dir)
+    held = 0 if held is None else held.seeds_to_extend(config)
     if not held:
       raise ValueError(f"extend_seeds: {out_dir} holds no finished run of this config "
                        f"with fewer than {config.num_seeds} seeds")
@@ -497,7 +506,7 @@ def extend_seeds(config: Config, out_dir: str, *, train=None, **train_kwargs) ->
       if store.read_results(extra_dir) is None:
         raise   # diverged in the first task: nothing recorded to merge
       # otherwise recorded in extra_dir's results as a run-wide divergence
-    merged = results_lib.merge_seed_runs(store.read_results(out_dir),
-                                         store.read_results(extra_dir))
+    merged = results_lib.merge_seed_runs(results_lib.load(out_dir),
+                                         results_lib.load(extra_dir)).to_json()
     store.commit(out_dir, merged["completed_tasks"], merged)
   return merged

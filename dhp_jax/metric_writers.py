@@ -62,24 +62,25 @@ class MetricsWriter:
   def _step(self, task: int, epoch: int) -> int:
     return task * self.epochs + epoch + 1
 
-  def start(self, results) -> None:
-    """This run's metrics become exactly those of ``results`` (the committed results
-    payload the run resumes from; None: a fresh start), replayed task by task."""
+  def start(self, record) -> None:
+    """This run's metrics become exactly those of ``record`` (the committed
+    ``results.RunRecord`` the run resumes from; None: a fresh start), replayed task by
+    task."""
     self.close()
     for seed in self.seeds:   # only this run's seeds: added seeds share the run's name
       shutil.rmtree(self._seed_dir(seed), ignore_errors=True)
     self._drop_csv_rows()
     self.pending = []
     self._open()
-    if results is None:
+    if record is None:
       return
-    trace = results["trace"]
-    for task in range(results["completed_tasks"]):
-      rows = [i for i, t in enumerate(trace["task"]) if t == task]
+    trace = record.trace
+    for task in range(record.completed_tasks):
+      rows = np.flatnonzero(np.asarray(trace["task"]) == task)
       for epoch, i in enumerate(rows):
         self.epoch(task, epoch, {name: trace[name][i] for name in EPOCH_METRICS
-                                 if name in trace})
-      self.task(task, _accuracy_after(results, task))
+                                 if len(trace.get(name, ())) > i})
+      self.task(task, _accuracy_after(record, task))
 
   def _drop_csv_rows(self) -> None:
     """Removes this run's seeds' rows from the CSV (write-then-rename)."""
@@ -135,11 +136,8 @@ class MetricsWriter:
     self.writers = None
 
 
-def _accuracy_after(results: dict, task: int) -> np.ndarray:
-  """[S, T] every seed's accuracies after ``task`` (0-based) from a results payload; NaN
-  for a seed that diverged before it (its entry stops at its last finished task)."""
-  rows = []
-  for entry in results["per_seed"]:
-    matrix = entry.get("accuracy_matrix_all_tasks", [])
-    rows.append(matrix[task] if task < len(matrix) else [np.nan] * results["num_tasks"])
-  return np.asarray(rows, float)
+def _accuracy_after(record, task: int) -> np.ndarray:
+  """[S, T] every seed's accuracies after ``task`` (0-based) from a run record; NaN for a
+  seed that diverged before it."""
+  done = np.asarray([record.tasks_done(s) for s in range(len(record.seeds))])
+  return np.where((task < done)[:, None], record.accuracy[:, task], np.nan)

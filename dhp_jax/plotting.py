@@ -1,4 +1,4 @@
-"""The paper's figures from saved ``results.json`` payloads (Agg backend, PNG files)."""
+"""The paper's figures from run records (``results.RunRecord``; Agg backend, PNG files)."""
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -6,6 +6,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from dhp_jax import results as results_lib
+from dhp_jax.results import RunRecord
 
 
 def _pyplot():
@@ -21,28 +22,28 @@ def _mean_sem(rows) -> tuple[np.ndarray, np.ndarray]:
   return a.mean(0), sem
 
 
-def accuracy_curve(results: Mapping):
+def accuracy_curve(record: RunRecord):
   """[T] mean and SEM (over seeds) of the average accuracy after each task (Fig. 2)."""
-  return _mean_sem([s["avg_accuracy_curve"] for s in results["per_seed"]
-                    if "diverged" not in s])   # a diverged seed's curve stops early
+  return _mean_sem([record.curve(s) for s in range(len(record.seeds))
+                    if record.reporting(s)])   # a diverged seed's curve stops early
 
 
-def curve_label(label: str, results: Mapping) -> str:
+def curve_label(label: str, record: RunRecord) -> str:
   """Legend entry of one Fig. 2 curve: the final average accuracy of the seeds that
   finished (and how many did not), or, when none did, where the seeds diverged (the curve
   stops early, so its last point is not a final accuracy)."""
-  if "diverged" in results:
-    tasks = [e["diverged"]["task"] for e in results_lib.mark_stopped_seeds(results)]
+  if record.stopped():
+    tasks = [d.task for d in record.divergence]
     return f"{label} ({results_lib.divergence_note(tasks)})"
-  diverged = sum("diverged" in e for e in results["per_seed"])
-  lost = f", {diverged} of {len(results['per_seed'])} seeds diverged" if diverged else ""
-  return f"{label} ({100 * accuracy_curve(results)[0][-1]:.2f}%{lost})"
+  diverged = len(record.diverged_seeds())
+  lost = f", {diverged} of {len(record.seeds)} seeds diverged" if diverged else ""
+  return f"{label} ({100 * accuracy_curve(record)[0][-1]:.2f}%{lost})"
 
 
-def plot_accuracy(runs: Mapping[str, Mapping], path: str, title: str = "") -> None:
+def plot_accuracy(runs: Mapping[str, RunRecord], path: str, title: str = "") -> None:
   """Fig. 2: average test accuracy over the tasks seen vs number of tasks, mean ± SEM.
 
-  ``runs`` maps a legend label to a results payload.
+  ``runs`` maps a legend label to a run record.
   """
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(9, 4))
@@ -88,13 +89,18 @@ def _save(plt, fig, path: str, title: str, legend_space: float = 0.0) -> None:
   plt.close(fig)
 
 
-def plot_plasticity(results: Mapping, path: str, title: str = "") -> bool:
+def _has_plasticity(record: RunRecord) -> bool:
+  """Whether the run has a DHP head: its trace holds η values."""
+  return bool(np.isfinite(np.asarray(record.trace.get("eta", ()), float)).any())
+
+
+def plot_plasticity(record: RunRecord, path: str, title: str = "") -> bool:
   """Fig. 3: η, ‖Hebb‖_F and ‖α‖_F per epoch (mean over seeds), task boundaries marked.
 
   Returns False (and writes nothing) when the run has no DHP head.
   """
-  trace = results["trace"]
-  if not trace.get("eta"):
+  trace = record.trace
+  if not _has_plasticity(record):
     return False
   plt = _pyplot()
   fig, axes = _plasticity_axes(plt, trace)
@@ -107,25 +113,26 @@ def plot_plasticity(results: Mapping, path: str, title: str = "") -> bool:
   return True
 
 
-def plot_plasticity_per_seed(runs: Mapping[str, Mapping], path: str, title: str = "") -> bool:
+def plot_plasticity_per_seed(runs: Mapping[str, RunRecord], path: str,
+                             title: str = "") -> bool:
   """Fig. 3 with one line per seed: η, ‖Hebb‖_F and ‖α‖_F per epoch, rows overlaid.
 
-  ``runs`` maps a legend label to a results payload (``trace[key][epoch][seed_index]``,
-  None where a seed had diverged). Each row gets its own colour map, its seeds shades of
-  it (light → dark in ``per_seed`` order), so rows stay apart and seeds stay visible.
+  ``runs`` maps a legend label to a run record (``trace[key]`` [E, S], NaN where a seed
+  had diverged). Each row gets its own colour map, its seeds shades of it (light → dark
+  in seed order), so rows stay apart and seeds stay visible.
   Returns False (and writes nothing) when no run has a DHP head.
   """
   colour_maps = ("Blues", "Oranges", "Greens", "Purples")
   if len(runs) > len(colour_maps):
     raise ValueError(f"runs: at most {len(colour_maps)} rows per figure, got {len(runs)}")
-  runs = {label: results for label, results in runs.items() if results["trace"].get("eta")}
+  runs = {label: record for label, record in runs.items() if _has_plasticity(record)}
   if not runs:
     return False
   plt = _pyplot()
-  longest = max(runs.values(), key=lambda r: len(r["trace"]["eta"]))
-  fig, axes = _plasticity_axes(plt, longest["trace"])
-  for (label, results), colour_map in zip(runs.items(), colour_maps):
-    trace, seeds = results["trace"], [e["seed"] for e in results["per_seed"]]
+  longest = max(runs.values(), key=lambda r: len(r.trace["eta"]))
+  fig, axes = _plasticity_axes(plt, longest.trace)
+  for (label, record), colour_map in zip(runs.items(), colour_maps):
+    trace, seeds = record.trace, record.seeds
     colours = plt.get_cmap(colour_map)(np.linspace(0.45, 0.95, len(seeds)))
     span = f"seed {seeds[0]}" if len(seeds) == 1 else \
         f"seeds {seeds[0]}–{seeds[-1]}, light → dark"

@@ -2,6 +2,8 @@
 
 Layout of a run directory ``out_dir``:
   ``commits/<k>/state/``         orbax checkpoint of the (seed-stacked) state after task k
+  ``commits/<k>/progress.npz``   the run's progress after task k (``results.RunRecord``'s
+                                 arrays: what a resume goes on from)
   ``commits/<k>/results.json``   the results payload after task k
   ``results.json``               a copy of the latest commit's results (what tables read)
   ``.lock``                      flock-ed by the process using the directory (its pid inside)
@@ -24,7 +26,6 @@ path and says what to do.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import json
@@ -32,12 +33,14 @@ import os
 import shutil
 import socket
 import sys
-from typing import Any, NamedTuple, Optional
+import zipfile
+from typing import Any, Mapping, NamedTuple, Optional
 
-from dhp_jax import config as config_lib
+import numpy as np
 
 COMMITS = "commits"
 RESULTS = "results.json"
+PROGRESS = "progress.npz"
 LOCK = ".lock"
 _LEGACY_CHECKPOINTS = ("checkpoint", "checkpoint.tmp", "checkpoint.old")
 # The latest commit and the one before it: the run can go on from the earlier one when
@@ -56,13 +59,15 @@ class StoreError(Exception):
 
 
 class Commit(NamedTuple):
-  """The latest finished task of a run: its results and where its state is (None: a
-  results-only record, e.g. a fresh clone's ``results/`` or merged seeds). ``note``: how
-  it was recovered from a damaged later commit ('' when nothing was damaged)."""
+  """The latest finished task of a run: its results and where its state and progress are
+  (None: a results-only record, e.g. a fresh clone's ``results/`` or merged seeds; a
+  progress file only in commits written since engine v3). ``note``: how it was
+  recovered from a damaged later commit ('' when nothing was damaged)."""
   task: int
   results: dict
   state_path: Optional[str]
   note: str = ""
+  progress_path: Optional[str] = None
 
 
 # ------------------------------------------------------------------ file primitives
@@ -96,6 +101,15 @@ def _save_state(path: str, state: Any) -> None:
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(path, jax.device_get(state))
   checkpointer.wait_until_finished()
+
+
+def _save_progress(path: str, progress: Mapping[str, np.ndarray]) -> None:
+  # npz, not orbax: orbax restores through jax arrays, which are float32 without x64,
+  # and the record's float64 values (e.g. lr·λ·Ω) must come back bit for bit.
+  with open(path, "wb") as f:
+    np.savez(f, **progress)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -206,8 +220,9 @@ def _legacy_commit(out_dir: str) -> Optional[Commit]:
 def _read_commit(task: int, folder: str, results: Optional[dict] = None) -> Commit:
   if results is None:
     results = read_json(os.path.join(folder, RESULTS))
-  state = os.path.join(folder, "state")
-  return Commit(task, results, state if os.path.isdir(state) else None)
+  state, progress = os.path.join(folder, "state"), os.path.join(folder, PROGRESS)
+  return Commit(task, results, state if os.path.isdir(state) else None,
+                progress_path=progress if os.path.isfile(progress) else None)
 
 
 def _intact_copy(out_dir: str, task: int) -> Optional[dict]:
@@ -279,11 +294,25 @@ def restore_state(out_dir: str, commit: Commit, target):
   return jax.tree.map(jnp.asarray, state)
 
 
-def restore_or_earlier(out_dir: str, commit: Commit, target, log) -> tuple[Commit, Any]:
-  """(commit, state): ``commit``'s state or, when its checkpoint is damaged, the commit
-  before it and its state (the tasks after it are trained again; said in ``log``)."""
+def restore_progress(commit: Commit) -> Optional[dict]:
+  """{name: array} saved with ``commit``; None for a commit written before engine v3
+  (its progress is in its results); StoreError when the file is damaged."""
+  if commit.progress_path is None:
+    return None
   try:
-    return commit, restore_state(out_dir, commit, target)
+    with np.load(commit.progress_path, allow_pickle=False) as saved:
+      return {name: saved[name] for name in saved.files}
+  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+    raise StoreError(f"{commit.progress_path} is corrupt or truncated ({e})",
+                     advice="restart") from None
+
+
+def restore_or_earlier(out_dir: str, commit: Commit, target, log) -> tuple:
+  """(commit, state, progress): ``commit``'s state and progress (``restore_progress``)
+  or, when either is damaged, the commit before it and its own (the tasks after it are
+  trained again; said in ``log``)."""
+  try:
+    return commit, restore_state(out_dir, commit, target), restore_progress(commit)
   except StoreError as damaged:
     earlier = _earlier_commit(out_dir, commit.task)
     if earlier is None or earlier.state_path is None:
@@ -291,7 +320,7 @@ def restore_or_earlier(out_dir: str, commit: Commit, target, log) -> tuple[Commi
                        advice="restart") from None
     log(f"{damaged}; going on from the commit before it (tasks 1-{earlier.task}): task "
         f"{commit.task} is trained again")
-    return earlier, restore_state(out_dir, earlier, target)
+    return earlier, restore_state(out_dir, earlier, target), restore_progress(earlier)
 
 
 def _ignore_closed_loop_callbacks() -> None:
@@ -319,8 +348,10 @@ def _disk_error(e: OSError, path: str, out_dir: str, done: int) -> StoreError:
                     advice="resume")
 
 
-def commit(out_dir: str, task: int, results: dict, state=None) -> None:
-  """Commits task ``task`` (1-based): its results and, if given, its state, atomically."""
+def commit(out_dir: str, task: int, results: dict, state=None,
+           progress: Optional[Mapping[str, np.ndarray]] = None) -> None:
+  """Commits task ``task`` (1-based): its results and, if given, its state and progress
+  (named arrays), atomically."""
   root = os.path.join(out_dir, COMMITS)
   tmp = os.path.join(root, f"{task}.tmp")
   step = tmp
@@ -330,6 +361,9 @@ def commit(out_dir: str, task: int, results: dict, state=None) -> None:
     os.makedirs(tmp)
     if state is not None:
       _save_state(os.path.abspath(os.path.join(tmp, "state")), state)
+    if progress is not None:
+      step = os.path.join(tmp, PROGRESS)
+      _save_progress(step, progress)
     step = os.path.join(tmp, RESULTS)
     _write_file(step, json.dumps(results, indent=1))
     step = os.path.join(root, str(task))
@@ -396,46 +430,3 @@ def clear(out_dir: str) -> None:
   for name in (RESULTS, RESULTS + ".tmp"):
     with contextlib.suppress(FileNotFoundError):
       os.remove(os.path.join(out_dir, name))
-
-
-# --------------------------------------------------------------------- completeness
-
-def is_finished(results: dict, num_seeds: int) -> bool:
-  """All tasks done, or stopped because every seed diverged (rerunning diverges again).
-
-  A run that stopped when only some seeds had diverged (written before the engine let
-  the others go on) is not finished: resuming it trains the other seeds to the end.
-  """
-  if results.get("completed_tasks") == results.get("num_tasks"):
-    return True
-  if "diverged" not in results:
-    return False
-  gone = set(results["diverged"]["seeds"]) | {e["seed"] for e in results["per_seed"]
-                                              if "diverged" in e}
-  return len(gone) == num_seeds
-
-
-def is_complete(out_dir: str, config) -> bool:
-  """True when ``out_dir`` holds a finished run of ``config``, or of ``config`` with more
-  seeds (seeds added later): those hold every seed ``config`` asks for."""
-  results = read_results(out_dir)
-  if results is None:
-    return False
-  held = results.get("config", {}).get("num_seeds", 1)
-  return (held >= config.num_seeds
-          and config_lib.config_matches(results.get("config", {}),
-                                        dataclasses.replace(config, num_seeds=held))
-          and is_finished(results, held))
-
-
-def seeds_to_extend(out_dir: str, config) -> int:
-  """How many seeds a finished run in ``out_dir`` holds when it is ``config`` with fewer
-  seeds (same first seed); 0 when there is no such run. Those seeds need not be trained
-  again for ``config``."""
-  results = read_results(out_dir)
-  if results is None:
-    return 0
-  held = results.get("config", {}).get("num_seeds", 1)
-  if held >= config.num_seeds:
-    return 0
-  return held if is_complete(out_dir, dataclasses.replace(config, num_seeds=held)) else 0

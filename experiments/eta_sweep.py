@@ -39,18 +39,18 @@ def run_sweep(benchmarks, etas, preset, num_seeds, out_root, *, seed=0, data_dir
       config = sweep_config(benchmark, preset, eta, num_seeds=num_seeds, seed=seed,
                             **overrides)
       out_dir = os.path.join(sweep_dir, benchmark, f"eta_{eta:g}")
-      if store.is_complete(out_dir, config):
-        results = store.read_results(out_dir)
-      else:
+      record = results_lib.load(out_dir)
+      if record is None or not record.holds(config):
         name = f"eta_sweep_{preset}/{benchmark}/eta_{eta:g}"
         with cli.metric_writers(logdir, name, config) as writers:
-          results = engine.train_and_evaluate(config, out_dir, data_dir=data_dir,
-                                              resume=True, progress=progress,
-                                              observers=writers)
-        print(f"η₀={eta:g}: " + results_lib.summary_line(config, results), flush=True)
+          record = results_lib.read(engine.train_and_evaluate(
+              config, out_dir, data_dir=data_dir, resume=True, progress=progress,
+              observers=writers))
+        print(f"η₀={eta:g}: " + results_lib.summary_line(config, record), flush=True)
+      mean, sem = record.summary()
       points["eta"].append(eta)
-      points["mean"].append(results["mean"]["avg_accuracy"])
-      points["sem"].append(results["sem"]["avg_accuracy"])
+      points["mean"].append(mean["avg_accuracy"])
+      points["sem"].append(sem["avg_accuracy"])
     summary[benchmark] = points
   os.makedirs(sweep_dir, exist_ok=True)
   store.write_json_atomic(os.path.join(sweep_dir, "eta_sweep.json"),

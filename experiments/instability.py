@@ -4,8 +4,10 @@
    (1 − η)·Hebb + η·h̄ amplifies instead of averaging and ‖Hebb‖_F blows up; what that
    costs in accuracy against MAS on the same seed, and whether the η-projected control
    (η kept in [0, 1]) is free of it on every seed.
-2. Online EWC: the largest lr·λ·Ω after each task (``penalty_stability``) beside the task
-   where that seed diverged: plain SGD on λΩ(θ − θ*)² is unstable once lr·λ·Ω > 1.
+2. Every penalised row (Online EWC, SI, MAS, with and without DHP; the methods with a
+   ``stability`` hook): the largest lr·λ·Ω after each task (``penalty_stability``) beside
+   the task where that seed diverged: plain SGD on λΩ(θ − θ*)² is unstable once
+   lr·λ·Ω > 1.
 
 ``write_instability(bench_dir, runs)`` writes ``instability.json`` and ``instability.md``
 next to ``table1.md``. Tasks are 1-based throughout (the trace's 0-based ``task`` is shifted);
@@ -17,8 +19,9 @@ import math
 import os
 from typing import Mapping, Optional
 
-from dhp_jax import config as config_lib, engine, results as results_lib, store
-from dhp_jax.config import BASELINE_OF, ROWS
+from dhp_jax import config as config_lib, consolidation, engine, store
+from dhp_jax.config import BASELINE_OF, DEFAULT_ROWS, ROWS
+from dhp_jax.results import RunRecord
 
 # ‖Hebb‖_F above which a trace has "blown up": with η kept in [0, 1] the trace is an
 # average of activations and peaks at 26.5 on both permuted benchmarks (paper preset),
@@ -31,9 +34,16 @@ NOT_RECORDED = "not recorded (run before the stability record)"
 # DHP + MAS and its control: the rows compared with MAS (``BASELINE_OF``).
 DHP_MAS_ROWS = tuple(row for row in ROWS if BASELINE_OF.get(row) == "mas")
 _DHP_MAS_BASELINES = tuple(dict.fromkeys(BASELINE_OF[row] for row in DHP_MAS_ROWS))
-# Online EWC, with and without the DHP head, faithful and every variant.
-ONLINE_EWC_ROWS = tuple(row for row, spec in ROWS.items()
-                        if spec.overrides["method"] == "online_ewc")
+
+
+def _records_stability(record: RunRecord) -> bool:
+  """Whether the row's method records lr·λ·Ω (its ``stability`` hook)."""
+  method = config_lib.with_defaults(record.config)["method"]
+  return consolidation.METHODS[method].stability is not None
+
+
+def _penalised_rows(runs: Mapping[str, RunRecord]) -> tuple:
+  return tuple(row for row in ROWS if row in runs and _records_stability(runs[row]))
 
 
 # ------------------------------------------------------------------------ per seed
@@ -46,7 +56,7 @@ def _finite(value) -> Optional[float]:
 def _seed_trace(trace: Mapping, key: str, column: int) -> list:
   """[(task, value)] of one seed's column of ``trace[key]``, epochs without a value left
   out (a diverged seed's, or those a merged run had not trained)."""
-  pairs = [(task + 1, _finite(values[column]) if column < len(values) else None)
+  pairs = [(int(task) + 1, _finite(values[column]))
            for task, values in zip(trace["task"], trace.get(key, ()))]
   return [(task, value) for task, value in pairs if value is not None]
 
@@ -71,27 +81,32 @@ def _largest_drop(curve: list) -> Optional[dict]:
   return {"points": points, "task": task} if points > 0 else None
 
 
-def _finished_accuracy(results: Mapping) -> dict:
+def _finished_accuracy(record: RunRecord) -> dict:
   """{seed: final ACC %} of the seeds that trained every task without diverging."""
-  finished, _ = results_lib.accuracy_by_seed(results)
-  trained_all = {e["seed"] for e in results["per_seed"]
-                 if len(e.get("avg_accuracy_curve", ())) == results["num_tasks"]}
+  finished, _ = record.accuracy_by_seed()
+  trained_all = {seed for s, seed in enumerate(record.seeds)
+                 if record.tasks_done(s) == record.num_tasks}
   return {seed: acc for seed, acc in finished.items() if seed in trained_all}
 
 
-def _dhp_mas_row(results: Mapping, baseline: str, baseline_results) -> dict:
+def _diverged(record: RunRecord, column: int) -> Optional[dict]:
+  d = record.divergence[column]
+  return None if d is None else d.to_json()
+
+
+def _dhp_mas_row(record: RunRecord, baseline: str, baseline_record) -> dict:
   """One DHP + MAS row: per seed η, ‖Hebb‖_F, accuracy and the paired difference."""
-  finished = _finished_accuracy(results)
-  baseline_acc = {} if baseline_results is None else _finished_accuracy(baseline_results)
+  finished = _finished_accuracy(record)
+  baseline_acc = {} if baseline_record is None else _finished_accuracy(baseline_record)
   seeds = []
-  for column, entry in enumerate(results_lib.mark_stopped_seeds(results)):
-    seed, curve = entry["seed"], entry.get("avg_accuracy_curve", [])
+  for column, seed in enumerate(record.seeds):
+    curve, final = record.curve(column), record.final_accuracy(column)
     paired = seed in finished and seed in baseline_acc
     seeds.append({
-        "seed": seed, **_plasticity(results["trace"], column),
+        "seed": seed, **_plasticity(record.trace, column),
         "largest_drop": _largest_drop(curve), "tasks": len(curve),
-        "final_accuracy": 100 * entry["avg_accuracy"] if "avg_accuracy" in entry else None,
-        "diverged": entry.get("diverged"),
+        "final_accuracy": None if final is None else 100 * final,
+        "diverged": _diverged(record, column),
         "minus_baseline": finished[seed] - baseline_acc[seed] if paired else None})
   eta_negative = sum(s["eta_negative_epochs"] > 0 for s in seeds)
   blown_up = sum((s["max_hebb_norm"] or 0) > HEBB_BLOWUP_NORM for s in seeds)
@@ -99,43 +114,42 @@ def _dhp_mas_row(results: Mapping, baseline: str, baseline_results) -> dict:
           "hebb_blowup_seeds": blown_up,
           "summary": f"η < 0 on {eta_negative} of {len(seeds)} seeds; ‖Hebb‖_F > "
                      f"{HEBB_BLOWUP_NORM:g} on {blown_up} of {len(seeds)} seeds"
-                     + _partial(results),
+                     + _partial(record),
           "per_seed": seeds}
 
 
-def _partial(results: Mapping) -> str:
+def _partial(record: RunRecord) -> str:
   """"; partial: k/n tasks" for a row still training (its seeds stop early without having
   diverged), else ""."""
-  done, total = results["completed_tasks"], results["num_tasks"]
-  return "" if done == total or "diverged" in results else f"; partial: {done}/{total} tasks"
+  done, total = record.completed_tasks, record.num_tasks
+  return "" if record.finished() else f"; partial: {done}/{total} tasks"
 
 
-def _stability(records: list, column: int) -> Optional[list]:
+def _stability(records: tuple, column: int) -> Optional[list]:
   """One seed's largest lr·λ·Ω (and its layer) after each task; None without a record: a
   run before the record, or a seed merged from such a run into one with it (its values
   there are null on every task)."""
-  kept = [r for r in records if column < len(r["max_lr_strength_importance"])]
-  if all(r["max_lr_strength_importance"][column] is None for r in kept):
+  if all(r.value[column] is None for r in records):
     return None
-  return [{"task": r["task"], "value": _finite(r["max_lr_strength_importance"][column]),
-           "largest_layer": r["largest_layer"][column]} for r in kept]
+  return [{"task": r.task, "value": _finite(r.value[column]),
+           "largest_layer": r.layer[column]} for r in records]
 
 
-def _online_ewc_seed(entry: Mapping, records: list, column: int) -> dict:
+def _penalised_seed(record: RunRecord, column: int) -> dict:
   """Whether a seed's lr·λ·Ω passed the bound before the task where it diverged."""
-  stability, diverged = _stability(records, column), entry.get("diverged")
+  stability = _stability(record.stability, column)
+  diverged = _diverged(record, column)
   over = None if stability is None else next(
       (r["task"] for r in stability if (r["value"] or 0) > PENALTY_STABILITY_BOUND), None)
   before = None if stability is None or diverged is None else \
       over is not None and over < diverged["task"]
-  return {"seed": entry["seed"], "stability": stability, "first_task_over_bound": over,
-          "diverged": diverged, "over_bound_before_divergence": before}
+  return {"seed": record.seeds[column], "stability": stability,
+          "first_task_over_bound": over, "diverged": diverged,
+          "over_bound_before_divergence": before}
 
 
-def _online_ewc_row(results: Mapping) -> dict:
-  records = results.get("penalty_stability", [])
-  seeds = [_online_ewc_seed(entry, records, column)
-           for column, entry in enumerate(results_lib.mark_stopped_seeds(results))]
+def _penalised_row(record: RunRecord) -> dict:
+  seeds = [_penalised_seed(record, column) for column in range(len(record.seeds))]
   diverged = [s for s in seeds if s["diverged"] is not None]
   recorded = [s for s in diverged if s["stability"] is not None]
   before = sum(bool(s["over_bound_before_divergence"]) for s in recorded)
@@ -146,8 +160,8 @@ def _online_ewc_row(results: Mapping) -> dict:
   if any(s["stability"] is None for s in seeds):
     summary += f"; lr·λ·Ω {NOT_RECORDED} on " \
                f"{sum(s['stability'] is None for s in seeds)} of {len(seeds)} seeds"
-  summary += _partial(results)
-  config = config_lib.with_defaults(results["config"])
+  summary += _partial(record)
+  config = config_lib.with_defaults(record.config)
   return {"strength": config.get("strength"), "lr": config.get("lr"),
           "num_seeds": len(seeds), "diverged_seeds": len(diverged), "summary": summary,
           "per_seed": seeds}
@@ -155,11 +169,11 @@ def _online_ewc_row(results: Mapping) -> dict:
 
 # ------------------------------------------------------------------------ per row set
 
-def dhp_mas_evidence(runs: Mapping[str, Mapping]) -> dict:
+def dhp_mas_evidence(runs: Mapping[str, RunRecord]) -> dict:
   """η < 0 and ‖Hebb‖_F blow-ups per seed of the DHP + MAS rows in ``runs``.
 
   Args:
-    runs: row name (``ROWS``) -> its ``results.json`` payload; rows not run are absent.
+    runs: row name (``ROWS``) -> its run record; rows not run are absent.
   Returns:
     ``{"hebb_blowup_norm", "rows": {row: {"baseline", "num_seeds", "eta_negative_seeds",
     "hebb_blowup_seeds", "summary", "per_seed": [{"seed", "eta_negative_epochs",
@@ -175,9 +189,9 @@ def dhp_mas_evidence(runs: Mapping[str, Mapping]) -> dict:
           "missing": [row for row in DHP_MAS_ROWS + _DHP_MAS_BASELINES if row not in runs]}
 
 
-def online_ewc_evidence(runs: Mapping[str, Mapping]) -> dict:
-  """Per seed of every Online EWC row in ``runs``: the largest lr·λ·Ω after each task
-  beside the task it diverged in.
+def penalised_evidence(runs: Mapping[str, RunRecord]) -> dict:
+  """Per seed of every penalised row in ``runs``: the largest lr·λ·Ω after each task
+  beside the task it diverged in. ``missing``: Table I's penalised rows not in ``runs``.
 
   Returns:
     ``{"bound", "rows": {row: {"strength", "lr", "num_seeds", "diverged_seeds",
@@ -185,9 +199,11 @@ def online_ewc_evidence(runs: Mapping[str, Mapping]) -> dict:
     None (not recorded), "first_task_over_bound", "diverged": {task, epoch, quantities} |
     None, "over_bound_before_divergence": bool | None}]}}, "missing"}``.
   """
+  table_rows = [row for row in DEFAULT_ROWS if consolidation.METHODS[
+      ROWS[row].overrides["method"]].stability is not None]
   return {"bound": PENALTY_STABILITY_BOUND,
-          "rows": {row: _online_ewc_row(runs[row]) for row in ONLINE_EWC_ROWS if row in runs},
-          "missing": [row for row in ONLINE_EWC_ROWS if row not in runs]}
+          "rows": {row: _penalised_row(runs[row]) for row in _penalised_rows(runs)},
+          "missing": [row for row in table_rows if row not in runs]}
 
 
 # ------------------------------------------------------------------------ markdown
@@ -236,9 +252,9 @@ def _stability_cell(stability: Optional[list], bound: float) -> str:
                    else _number(r["value"], ".3g") for r in stability)
 
 
-def _online_ewc_markdown(evidence: Mapping) -> list:
+def _penalised_markdown(evidence: Mapping) -> list:
   bound = evidence["bound"]
-  lines = ["## Online EWC: lr·λ·Ω against divergence", "",
+  lines = ["## Penalised rows: lr·λ·Ω against divergence", "",
            f"Per seed: the largest lr·λ·Ω over the slow weights after tasks 1, 2, … (bold: "
            f"> {bound:g}, where plain SGD on the penalty is unstable), the first task over "
            f"that bound, and the task where the seed went non-finite."]
@@ -260,7 +276,7 @@ def markdown(evidence: Mapping) -> str:
   """``instability.md``: both sections, a line per row not on disk."""
   lines = [f"# Instabilities over seeds — {evidence['benchmark']}", ""]
   for section, lines_of in (("dhp_mas", _dhp_mas_markdown),
-                            ("online_ewc", _online_ewc_markdown)):
+                            ("penalised", _penalised_markdown)):
     lines += lines_of(evidence[section])
     if evidence[section]["missing"]:
       lines += ["", "Not on disk: " + ", ".join(f"`{row}`"
@@ -269,14 +285,14 @@ def markdown(evidence: Mapping) -> str:
   return "\n".join(lines)
 
 
-def write_instability(bench_dir: str, runs: Mapping[str, Mapping]) -> Optional[dict]:
+def write_instability(bench_dir: str, runs: Mapping[str, RunRecord]) -> Optional[dict]:
   """Writes ``instability.json`` and ``instability.md`` into ``bench_dir`` from the rows'
-  results ``runs`` (row -> results payload, as ``table1.md`` shows them); returns the
-  evidence (None, writing nothing, when no DHP + MAS or Online EWC row is among them)."""
-  if not any(row in runs for row in DHP_MAS_ROWS + ONLINE_EWC_ROWS):
+  records ``runs`` (row -> record, as ``table1.md`` shows them); returns the evidence
+  (None, writing nothing, when no DHP + MAS or penalised row is among them)."""
+  if not any(row in runs for row in DHP_MAS_ROWS) and not _penalised_rows(runs):
     return None
   evidence = {"benchmark": os.path.basename(os.path.normpath(bench_dir)),
-              "dhp_mas": dhp_mas_evidence(runs), "online_ewc": online_ewc_evidence(runs)}
+              "dhp_mas": dhp_mas_evidence(runs), "penalised": penalised_evidence(runs)}
   store.write_json_atomic(os.path.join(bench_dir, "instability.json"), evidence)
   store.write_text_atomic(os.path.join(bench_dir, "instability.md"), markdown(evidence))
   return evidence

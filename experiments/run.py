@@ -49,11 +49,12 @@ def config_from_flags(fv: flags.FlagValues) -> config_lib.Config:
   return config
 
 
-def write_figures(config: config_lib.Config, results: dict, out_dir: str) -> None:
+def write_figures(config: config_lib.Config, record: results_lib.RunRecord,
+                  out_dir: str) -> None:
   title = f"{config.benchmark} ({config.preset}), {config.num_seeds} seed(s)"
-  plotting.plot_accuracy({config_lib.row_label(config): results},
+  plotting.plot_accuracy({config_lib.row_label(config): record},
                          os.path.join(out_dir, "accuracy.png"), title)
-  plotting.plot_plasticity(results, os.path.join(out_dir, "plasticity.png"), title)
+  plotting.plot_plasticity(record, os.path.join(out_dir, "plasticity.png"), title)
 
 
 def run(fv: flags.FlagValues) -> dict:
@@ -73,8 +74,9 @@ def run(fv: flags.FlagValues) -> dict:
                                         progress=fv.progress, observers=writers,
                                         stop_after_task=fv.stop_after_task,
                                         num_devices=fv.num_devices)
-  write_figures(config, results, out_dir)
-  print(results_lib.summary_line(config, results))
+  record = results_lib.read(results)
+  write_figures(config, record, out_dir)
+  print(results_lib.summary_line(config, record))
   return results
 
 

@@ -25,6 +25,7 @@ if __package__ in (None, ""):   # run as a script: make `experiments` importable
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dhp_jax import engine, metrics, plotting, results as results_lib, store
+from dhp_jax.results import RunRecord
 from experiments import cli, instability
 from dhp_jax.config import (BASELINE_OF, DEFAULT_ROWS, PRESET_NAMES, ROWS, RUN_SIZE_FIELDS,
                             TABLES, make_config, row_config, row_label, table_benchmark)
@@ -70,26 +71,25 @@ def _pair_key(first: str, second: str) -> str:
   return f"{first} - {second}"
 
 
-def paired_entry(first: Mapping, second: Mapping) -> Optional[dict]:
-  """ACC (points) of ``first`` − ``second`` (results payloads) over the seeds both finished.
+def paired_entry(first: RunRecord, second: RunRecord) -> Optional[dict]:
+  """ACC (points) of ``first`` − ``second`` over the seeds both finished.
 
   None when a row stopped early (its accuracies are after fewer tasks) or fewer than two
   seeds are shared: no interval exists (``metrics.paired_difference`` needs two).
   """
-  if any(r["completed_tasks"] != r["num_tasks"] for r in (first, second)):
+  if any(r.completed_tasks != r.num_tasks for r in (first, second)):
     return None
-  (a, a_diverged), (b, b_diverged) = map(results_lib.accuracy_by_seed, (first, second))
+  (a, a_diverged), (b, b_diverged) = first.accuracy_by_seed(), second.accuracy_by_seed()
   if len(a.keys() & b.keys()) < 2:
     return None
   paired = metrics.paired_difference(a, b)
-  trained_by_both = {e["seed"] for e in first["per_seed"]} & \
-      {e["seed"] for e in second["per_seed"]}
+  trained_by_both = set(first.seeds) & set(second.seeds)
   return {**{k: paired[k] for k in ("mean", "sem", "wins", "n", "seeds", "differences")},
           "ci95": list(paired["ci95"]),
           "excluded_diverged": sorted((a_diverged | b_diverged) & trained_by_both)}
 
 
-def paired_entries(runs: Mapping[str, Mapping]) -> dict:
+def paired_entries(runs: Mapping[str, RunRecord]) -> dict:
   """``"first - second"`` -> ``paired_entry`` for every DHP+X − X and control pair on disk."""
   entries = {}
   for first, second in (*BASELINE_OF.items(), *_CONTROL_PAIRS):
@@ -100,32 +100,33 @@ def paired_entries(runs: Mapping[str, Mapping]) -> dict:
   return entries
 
 
-def table_entry(benchmark: str, preset: str, runs: Mapping[str, dict]) -> dict:
-  """The ``table1.json`` entry of one benchmark from its rows' results payloads."""
+def table_entry(benchmark: str, preset: str, runs: Mapping[str, RunRecord]) -> dict:
+  """The ``table1.json`` entry of one benchmark from its rows' records."""
   rows = {}
-  for row, results in runs.items():
+  for row, record in runs.items():
     paper = PAPER.get(benchmark, {}).get(row)
-    diverged_seeds = [e for e in results["per_seed"] if "diverged" in e]
+    mean, sem = record.summary()
+    left_out = record.left_out()
     rows[row] = {
         # The seeds in the mean; seeds that diverged while others went on are listed.
-        "num_seeds": len(results["per_seed"]) - len(diverged_seeds),
-        "avg_accuracy": {"mean": 100 * results["mean"]["avg_accuracy"],
-                         "sem": 100 * results["sem"]["avg_accuracy"]},
-        "bwt": {"mean": results["mean"]["bwt"], "sem": results["sem"]["bwt"]},
-        "completed_tasks": results["completed_tasks"], "num_tasks": results["num_tasks"],
-        "wall_time_s": results.get("wall_time_s"),
+        "num_seeds": len(record.seeds) - len(left_out),
+        "avg_accuracy": {"mean": 100 * mean["avg_accuracy"],
+                         "sem": 100 * sem["avg_accuracy"]},
+        "bwt": {"mean": mean["bwt"], "sem": sem["bwt"]},
+        "completed_tasks": record.completed_tasks, "num_tasks": record.num_tasks,
+        "wall_time_s": record.wall_time_s,
         "paper": None if paper is None else {"avg_accuracy": paper[0], "bwt": paper[1]},
     }
-    if "diverged" in results:
-      rows[row]["diverged"] = results["diverged"]
-    if diverged_seeds:
-      rows[row]["diverged_seeds"] = [{"seed": e["seed"], **e["diverged"]}
-                                     for e in diverged_seeds]
+    if record.stopped():
+      rows[row]["diverged"] = record.stop()
+    if left_out:
+      rows[row]["diverged_seeds"] = [{"seed": seed, **d.to_json()}
+                                     for seed, d in left_out.items()]
   any_run = next(iter(runs.values()))
-  notes = sorted({n for r in runs.values() for n in r.get("notes", [])})
-  return {"preset": preset, "epochs": any_run["config"]["epochs"],
-          "num_tasks": any_run["num_tasks"], "data_notes": "; ".join(notes),
-          "wall_time_s": sum(r.get("wall_time_s") or 0 for r in runs.values()),
+  notes = sorted({n for r in runs.values() for n in r.notes})
+  return {"preset": preset, "epochs": any_run.config["epochs"],
+          "num_tasks": any_run.num_tasks, "data_notes": "; ".join(notes),
+          "wall_time_s": sum(r.wall_time_s or 0 for r in runs.values()),
           "rows": rows, "paired": paired_entries(runs)}
 
 
@@ -226,9 +227,9 @@ def markdown(benchmark: str, entry: Mapping) -> str:
 
 
 def load_runs(bench_dir: str, rows) -> dict:
-  """{row: its latest committed results} for the rows recorded under ``bench_dir``."""
-  runs = {row: store.read_results(os.path.join(bench_dir, row)) for row in rows}
-  return {row: results for row, results in runs.items() if results is not None}
+  """{row: its latest committed record} for the rows recorded under ``bench_dir``."""
+  runs = {row: results_lib.load(os.path.join(bench_dir, row)) for row in rows}
+  return {row: record for row, record in runs.items() if record is not None}
 
 
 def write_tables(bench_dir: str, benchmark: str, preset: str, rows) -> Optional[dict]:
@@ -364,7 +365,8 @@ def check_names(benchmarks, rows) -> None:
 
 def _train_row(config, row_dir: str, name: str, train, *, logdir, **train_kwargs) -> dict:
   """Trains a row's missing seeds: all of them, or those beyond a finished run's."""
-  extend = store.seeds_to_extend(row_dir, config)
+  held = results_lib.load(row_dir)
+  extend = 0 if held is None else held.seeds_to_extend(config)
   new = dataclasses.replace(config, seed=config.seed + extend,
                             num_seeds=config.num_seeds - extend)
   with cli.metric_writers(logdir, name, new) as writers:
@@ -385,7 +387,8 @@ def run_table(benchmarks, rows, preset, num_seeds, out_root, *, seed=0, data_dir
     for row in rows:
       config = row_config(benchmark, preset, row, num_seeds=num_seeds, seed=seed, **overrides)
       row_dir = os.path.join(bench_dir, row)
-      if store.is_complete(row_dir, config):
+      held = results_lib.load(row_dir)
+      if held is not None and held.holds(config):
         continue
       try:
         results = _train_row(config, row_dir, f"{benchmark}_{preset}/{row}", train,
@@ -393,7 +396,7 @@ def run_table(benchmarks, rows, preset, num_seeds, out_root, *, seed=0, data_dir
       except engine.NonFiniteError as e:   # recorded in the row's results.json; go on
         print(f"{row_label(config)}: {e}", flush=True)
         continue
-      print(results_lib.summary_line(config, results), flush=True)
+      print(results_lib.summary_line(config, results_lib.read(results)), flush=True)
       write_tables(bench_dir, benchmark, preset, rows_on_disk(bench_dir))
     entry = write_tables(bench_dir, benchmark, preset, rows_on_disk(bench_dir))
     if entry is not None:

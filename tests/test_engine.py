@@ -62,10 +62,14 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, mnist):
   full, _ = _run(tmp_path, "full", *flags_)
   partial, out = _run(tmp_path, "killed", *flags_, "--stop_after_task=1")
   assert partial["completed_tasks"] == 1
-  # The wall time before the kill is kept and added to.
-  store.record_stop(out, {**partial, "wall_time_s": 1e6})
+  # The wall time before the kill is kept (in the commit's progress) and added to;
+  # results.json is output only, never read back to resume.
+  commit = store.latest_commit(out)
+  np.savez(commit.progress_path, **{**store.restore_progress(commit),
+                                    "wall_time_s": np.asarray(1e6)})
+  store.record_stop(out, {**partial, "wall_time_s": 5e6})
   resumed, _ = _run(tmp_path, "killed", *flags_, "--resume")
-  assert resumed["completed_tasks"] == 2 and resumed["wall_time_s"] > 1e6
+  assert resumed["completed_tasks"] == 2 and 1e6 < resumed["wall_time_s"] < 5e6
   for a, b in zip(full["per_seed"], resumed["per_seed"]):
     np.testing.assert_array_equal(a["accuracy_matrix_all_tasks"],
                                   b["accuracy_matrix_all_tasks"])
@@ -80,10 +84,10 @@ def test_added_seeds_merge_into_what_one_run_of_all_the_seeds_gives(tmp_path, mn
   once = engine.train_and_evaluate(both, str(tmp_path / "once"), progress=False)
   row = str(tmp_path / "row")
   engine.train_and_evaluate(dataclasses.replace(both, num_seeds=1), row, progress=False)
-  assert store.seeds_to_extend(row, both) == 1
+  assert results_lib.load(row).seeds_to_extend(both) == 1
   merged = engine.extend_seeds(both, row, progress=False)
-  assert merged["config"] == once["config"] and store.is_complete(row, both)
-  assert store.seeds_to_extend(row, both) == 0
+  assert merged["config"] == once["config"] and results_lib.load(row).holds(both)
+  assert results_lib.load(row).seeds_to_extend(both) == 0
   assert [e["seed"] for e in merged["per_seed"]] == [0, 1]
   for a, b in zip(once["per_seed"], merged["per_seed"]):
     # Float reassociation between a 2-seed and two 1-seed vmapped programs, as in
@@ -93,61 +97,6 @@ def test_added_seeds_merge_into_what_one_run_of_all_the_seeds_gives(tmp_path, mn
   np.testing.assert_allclose(once["trace"]["eta"], merged["trace"]["eta"], rtol=1e-2)
   np.testing.assert_allclose(once["mean"]["avg_accuracy"], merged["mean"]["avg_accuracy"],
                              atol=5e-3)
-
-
-def test_merging_a_run_whose_seeds_all_diverged_keeps_them_out_of_the_mean():
-  def run(seed, acc, tasks_done, diverged=None):
-    config = config_lib.make_config("permuted_mnist", num_tasks=2, seed=seed).to_json()
-    per_seed = [{"seed": seed, "avg_accuracy": acc, "bwt": 0.0}]
-    payload = {"config": config, "completed_tasks": tasks_done, "num_tasks": 2,
-               "per_seed": per_seed, "wall_time_s": 1.0,
-               "trace": {"eta": [[0.1]] * tasks_done, "task": list(range(tasks_done))}}
-    return {**payload, **({"diverged": diverged} if diverged else {})}
-
-  stop = {"task": 2, "epoch": 1, "quantities": ["loss"], "seeds": [0]}
-  merged = results_lib.merge_seed_runs(run(0, 0.5, 1, stop), run(1, 0.9, 2))
-  assert merged["per_seed"][0]["diverged"] == {"task": 2, "epoch": 1, "quantities": ["loss"]}
-  assert "diverged" not in merged and merged["completed_tasks"] == 2
-  assert merged["mean"]["avg_accuracy"] == 0.9
-  assert merged["trace"]["eta"] == [[0.1, 0.1], [None, 0.1]]
-  # Every seed diverged: as one run of both seeds would record it, the later stop is the
-  # run-wide one and its seed's numbers (after its last task) are the row's.
-  early = {"task": 2, "epoch": 1, "quantities": ["loss"], "seeds": [1]}
-  late = {"task": 2, "epoch": 3, "quantities": ["Hebb trace"], "seeds": [0]}
-  for first, second, last_seed in ((run(0, 0.5, 1, late), run(1, 0.9, 1, early), 0),
-                                   (run(0, 0.9, 1, early | {"seeds": [0]}),
-                                    run(1, 0.5, 1, late | {"seeds": [1]}), 1)):
-    merged = results_lib.merge_seed_runs(first, second)
-    assert merged["diverged"] == late | {"seeds": [last_seed]}
-    assert merged["completed_tasks"] == 1 and merged["mean"]["avg_accuracy"] == 0.5
-    assert [("diverged" in e) for e in merged["per_seed"]] == \
-        [last_seed != 0, last_seed != 1]
-  tie = results_lib.merge_seed_runs(run(0, 0.5, 1, stop), run(1, 0.7, 1, stop | {"seeds": [1]}))
-  assert tie["diverged"]["seeds"] == [0, 1] and tie["mean"]["avg_accuracy"] == 0.6
-  with pytest.raises(ValueError, match="does not continue"):
-    results_lib.merge_seed_runs(run(0, 0.5, 2), run(2, 0.9, 2))
-  with pytest.raises(ValueError, match="unfinished"):
-    results_lib.merge_seed_runs(run(0, 0.5, 1), run(1, 0.9, 2))
-
-
-def test_merging_keeps_every_seeds_stability_record():
-  def run(seed, num_seeds, values, tasks=2):
-    config = config_lib.make_config("permuted_mnist", "quick", "online_ewc", num_tasks=tasks,
-                                    seed=seed, num_seeds=num_seeds).to_json()
-    per_seed = [{"seed": seed + i, "avg_accuracy": 0.5, "bwt": 0.0} for i in range(num_seeds)]
-    stability = [{"task": t + 1, "max_lr_strength_importance": v, "largest_layer": ["k"] * len(v)}
-                 for t, v in enumerate(values)]
-    return {"config": config, "completed_tasks": tasks, "num_tasks": tasks, "per_seed": per_seed,
-            "trace": {"eta": [[0.1] * num_seeds] * tasks, "task": list(range(tasks))},
-            **({"penalty_stability": stability} if values else {})}
-
-  merged = results_lib.merge_seed_runs(run(0, 1, [[0.5], [1.5]]), run(1, 2, [[0.2, 0.3]]))
-  assert merged["penalty_stability"] == [
-      {"task": 1, "max_lr_strength_importance": [0.5, 0.2, 0.3], "largest_layer": ["k"] * 3},
-      {"task": 2, "max_lr_strength_importance": [1.5, None, None],
-       "largest_layer": ["k", None, None]}]
-  older = results_lib.merge_seed_runs(run(0, 1, []), run(1, 1, [[0.2], [0.4]]))
-  assert older["penalty_stability"][1]["max_lr_strength_importance"] == [None, 0.4]
 
 
 @pytest.mark.parametrize("method", ["ewc", "mas", "mas_local"])
@@ -175,11 +124,11 @@ def test_divergence_after_task_one_is_recorded(tmp_path, mnist):
   assert saved["diverged"]["seeds"] == [0, 1] and "loss" in saved["diverged"]["quantities"]
   config = config_lib.make_config("permuted_mnist", "quick", "online_ewc", **{
       k: v for k, v in saved["config"].items() if k not in ("benchmark", "preset", "method")})
-  assert store.is_complete(str(tmp_path / "stiff"), config)
+  assert results_lib.load(str(tmp_path / "stiff")).holds(config)
   # A run stopped when only seed 1 had diverged (the engine before per-seed handling).
   saved["diverged"]["seeds"] = [1]
   store.record_stop(str(tmp_path / "stiff"), saved)
-  assert not store.is_complete(str(tmp_path / "stiff"), config)
+  assert not results_lib.load(str(tmp_path / "stiff")).holds(config)
 
 
 def test_one_diverged_seed_is_recorded_and_the_others_go_on(tmp_path, mnist, monkeypatch):
@@ -213,7 +162,7 @@ def test_one_diverged_seed_is_recorded_and_the_others_go_on(tmp_path, mnist, mon
   assert results["sem"]["avg_accuracy"] == 0.0
   assert [eta[0] for eta in results["trace"]["eta"]][1:] == [None, None]
   assert all(eta[1] is not None for eta in results["trace"]["eta"])
-  assert "seeds=1/2 " in results_lib.summary_line(config, results)
+  assert "seeds=1/2 " in results_lib.summary_line(config, results_lib.read(results))
 
 
 @pytest.mark.parametrize("bad", [

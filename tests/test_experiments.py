@@ -1,4 +1,5 @@
 """Table I generation, its resume-skip logic, and the η sweep."""
+import dataclasses
 import json
 import os
 
@@ -6,18 +7,28 @@ import pytest
 
 from dhp_jax import config as config_lib
 from dhp_jax import data, engine, plotting, results as results_lib, store
+from dhp_jax.results import Divergence
 from experiments import cli, eta_sweep, table1
+from tests import records
+
+_LOSS = ("loss",)
+
+
+def _fake_record(config, accs, **kwargs):
+  """A finished two-task record whose seeds have final average accuracies ``accs``
+  (running average [0.99, acc], BWT −0.1)."""
+  return records.record([records.two_tasks(a) for a in accs], config=config,
+                        notes=["a data note"], wall_time_s=60.0, **kwargs)
 
 
 def _fake_results(config, accs):
-  """A finished results.json payload whose seeds have final average accuracies ``accs``."""
-  per_seed = [{"seed": s, "avg_accuracy": a, "bwt": -0.1, "avg_accuracy_curve": [0.99, a]}
-              for s, a in enumerate(accs)]
-  mean, sem = results_lib.summarize(per_seed)
-  return {"config": config.to_json(), "completed_tasks": 2, "num_tasks": 2,
-          "notes": ["a data note"], "per_seed": per_seed, "mean": mean, "sem": sem,
-          "trace": {"eta": [], "hebb_norm": [], "alpha_norm": [], "task": []},
-          "wall_time_s": 60.0}
+  """``_fake_record``'s results.json payload."""
+  return _fake_record(config, accs).to_json()
+
+
+def _write(row_dir, record):
+  os.makedirs(row_dir, exist_ok=True)
+  store.write_json_atomic(os.path.join(row_dir, "results.json"), record.to_json())
 
 
 def _must_not_train(*args, **kwargs):
@@ -57,14 +68,11 @@ def test_table_from_fake_results_tree(tmp_path):
 
 def _diverge_seed(bench_dir, row, seed):
   """Marks ``seed`` of a fake row as diverged in task 2 (its numbers stop after task 1)."""
-  path = os.path.join(bench_dir, row, "results.json")
-  with open(path) as f:
-    results = json.load(f)
-  entry = next(e for e in results["per_seed"] if e["seed"] == seed)
-  entry.update(avg_accuracy=0.5, diverged={"task": 2, "epoch": 1, "quantities": ["loss"]})
-  results["mean"], results["sem"] = results_lib.summarize(results["per_seed"])
-  with open(path, "w") as f:
-    json.dump(results, f)
+  record = results_lib.load(os.path.join(bench_dir, row))
+  divergence = [Divergence(2, 1, _LOSS) if s == seed else d
+                for s, d in zip(record.seeds, record.divergence)]
+  _write(os.path.join(bench_dir, row), dataclasses.replace(record,
+                                                           divergence=tuple(divergence)))
 
 
 def _verdict(md, label):
@@ -152,7 +160,7 @@ def test_plasticity_figures_one_line_per_seed(tmp_path):
   assert not os.path.exists(os.path.join(bench_dir, "plasticity_dhp+mas.png"))  # no control
   table1.write_tables(bench_dir, "split_mnist", "quick", list(rows))
   assert os.path.getsize(os.path.join(bench_dir, "plasticity_dhp+mas.png")) > 1000
-  finetune = _fake_results(table1.row_config("split_mnist", "quick", "finetune"), [0.9])
+  finetune = _fake_record(table1.row_config("split_mnist", "quick", "finetune"), [0.9])
   assert not plotting.plot_plasticity_per_seed({"Finetune": finetune}, str(tmp_path / "x.png"))
 
 
@@ -222,35 +230,25 @@ def test_eta_sweep_one_point_per_eta(tmp_path, mnist):
 def test_a_diverged_row_is_shown_and_not_retrained(tmp_path):
   rows = {"online_ewc": [0.9], "dhp+online_ewc": [0.95]}
   bench_dir = _write_tree(str(tmp_path), rows)
-  path = os.path.join(bench_dir, "online_ewc", "results.json")
-  with open(path) as f:
-    saved = json.load(f)
-  saved.update(completed_tasks=1, diverged={"task": 2, "epoch": 1, "quantities": ["loss"],
-                                            "seeds": [0]})
-  with open(path, "w") as f:
-    json.dump(saved, f)
+  row_dir = os.path.join(bench_dir, "online_ewc")
+  _write(row_dir, dataclasses.replace(results_lib.load(row_dir), completed_tasks=1,
+                                      divergence=(Divergence(2, 1, _LOSS),)))
   tables = table1.run_table(["split_mnist"], list(rows), "quick", 1, str(tmp_path),
                             train=_must_not_train)
   assert tables["split_mnist"]["rows"]["online_ewc"]["diverged"]["task"] == 2
   with open(os.path.join(bench_dir, "table1.md")) as f:
     md = f.read()
   assert ("| Online EWC (**diverged**: non-finite loss in task 2, epoch 1, seeds [0]; "
-          "numbers after task 1) | 90.00 | 97.65 | — |") in md   # one seed: no ± SEM
+          "numbers after task 1) | 99.00 | 97.65 | — |") in md   # one seed: no ± SEM
   assert "| DHP Softmax + Online EWC | 95.00 | 98.96 | -3.96 |" in md
   assert "n/a (unfinished row) |" in md
 
 
 def test_a_row_with_one_diverged_seed_shows_the_mean_of_the_others(tmp_path):
   config = table1.row_config("split_mnist", "quick", "online_ewc", num_seeds=3)
-  results = _fake_results(config, [0.90, 0.94, 0.5])
-  results["per_seed"][2] = {"seed": 2, "diverged": {"task": 2, "epoch": 1,
-                                                    "quantities": ["loss"]},
-                            "avg_accuracy": 0.5, "bwt": 0.0, "avg_accuracy_curve": [0.5]}
-  results["mean"], results["sem"] = results_lib.summarize(results["per_seed"])
+  record = _fake_record(config, [0.90, 0.94, 0.5], divergence={2: (2, 1, _LOSS)})
   bench_dir = os.path.join(str(tmp_path), "split_mnist_quick")
-  os.makedirs(os.path.join(bench_dir, "online_ewc"))
-  with open(os.path.join(bench_dir, "online_ewc", "results.json"), "w") as f:
-    json.dump(results, f)
+  _write(os.path.join(bench_dir, "online_ewc"), record)
   entry = table1.write_tables(bench_dir, "split_mnist", "quick", ["online_ewc"])
   assert entry["rows"]["online_ewc"]["num_seeds"] == 2
   with open(os.path.join(bench_dir, "table1.md")) as f:
@@ -264,9 +262,9 @@ def test_a_row_with_one_diverged_seed_shows_the_mean_of_the_others(tmp_path):
   assert "| 92.00 ± 2.00 [1 seed(s) diverged] (97.65) |" in side
   assert "2 tasks, 3 seeds |" in side
   # Seeds 0 and 1 stop later in the same task: the row's every seed diverged.
-  results["diverged"] = {"task": 2, "epoch": 3, "quantities": ["loss"], "seeds": [0, 1]}
-  with open(os.path.join(bench_dir, "online_ewc", "results.json"), "w") as f:
-    json.dump(results, f)
+  later = Divergence(2, 3, _LOSS)
+  _write(os.path.join(bench_dir, "online_ewc"), dataclasses.replace(
+      record, divergence=(later, later, record.divergence[2])))
   table1.write_tables(bench_dir, "split_mnist", "quick", ["online_ewc"])
   assert "| Online EWC | diverged in task 2 (97.65) |" in table1.side_by_side(str(tmp_path))
 
@@ -318,15 +316,14 @@ def test_side_by_side_table_over_recorded_benchmarks(tmp_path):
 
 
 def test_fig2_legend_shows_the_surviving_seeds_mean_or_where_the_row_diverged():
-  results = {"per_seed": [{"seed": 0, "avg_accuracy_curve": [0.9, 0.8]},
-                          {"seed": 1, "avg_accuracy_curve": [0.9, 0.6]},
-                          {"seed": 2, "avg_accuracy_curve": [0.1], "diverged": {"task": 2}}]}
-  assert plotting.curve_label("SI", results) == "SI (70.00%, 1 of 3 seeds diverged)"
-  assert plotting.curve_label("SI", {"per_seed": results["per_seed"][:2]}) == "SI (70.00%)"
-  stop = {"task": 6, "epoch": 2, "quantities": ["loss"], "seeds": [0, 1]}
-  assert plotting.curve_label("SI", {**results, "diverged": stop}) == \
-      "SI (3 of 3 seeds diverged, tasks 2–6)"
-  one = {"per_seed": results["per_seed"][:1], "diverged": {**stop, "seeds": [0]}}
+  curves = [[0.9, 0.8], [0.9, 0.6], [0.1]]
+  record = records.from_curves(curves, divergence={2: (2, 1, _LOSS)})
+  assert plotting.curve_label("SI", record) == "SI (70.00%, 1 of 3 seeds diverged)"
+  assert plotting.curve_label("SI", records.from_curves(curves[:2])) == "SI (70.00%)"
+  stopped = records.from_curves(curves, divergence={0: (6, 2, _LOSS), 1: (6, 2, _LOSS),
+                                                    2: (2, 1, _LOSS)})
+  assert plotting.curve_label("SI", stopped) == "SI (3 of 3 seeds diverged, tasks 2–6)"
+  one = records.from_curves(curves[:1], divergence={0: (6, 2, _LOSS)})
   assert plotting.curve_label("SI", one) == "SI (diverged in task 6)"
 
 
@@ -337,8 +334,6 @@ def test_more_seeds_train_only_the_missing_ones_and_merge(tmp_path):
   def train(config, row_dir, **kwargs):
     trained.append((config.seed, config.num_seeds))
     results = _fake_results(config, [0.94] * config.num_seeds)
-    for i, entry in enumerate(results["per_seed"]):
-      entry["seed"] = config.seed + i
     os.makedirs(row_dir)
     with open(os.path.join(row_dir, "results.json"), "w") as f:
       json.dump(results, f)
@@ -359,9 +354,9 @@ def test_more_seeds_train_only_the_missing_ones_and_merge(tmp_path):
   table1.run_table(["split_mnist"], ["finetune"], "quick", 1, str(tmp_path),
                    train=_must_not_train)
   asked = table1.row_config("split_mnist", "quick", "finetune", num_seeds=2)
-  assert store.is_complete(os.path.join(bench_dir, "finetune"), asked)
+  assert results_lib.load(os.path.join(bench_dir, "finetune")).holds(asked)
   other_seeds = table1.row_config("split_mnist", "quick", "finetune", num_seeds=2, seed=5)
-  assert not store.is_complete(os.path.join(bench_dir, "finetune"), other_seeds)
+  assert not results_lib.load(os.path.join(bench_dir, "finetune")).holds(other_seeds)
 
 
 def test_side_by_side_shows_the_paired_intervals_of_every_table(tmp_path):

@@ -1,33 +1,35 @@
-"""experiments/instability.py: its bookkeeping over seeds, on small synthetic payloads."""
+"""experiments/instability.py: its bookkeeping over seeds, on small synthetic records."""
 import json
 import os
 
 import pytest
 
+from dhp_jax import config as config_lib
 from experiments import instability
+from tests import records
+
+_ONLINE_EWC = config_lib.make_config("split_mnist", "quick", "online_ewc", strength=100.0,
+                                     lr=0.01)
 
 
-def _results(curves, trace=None, stability=None, diverged=None, run_diverged=None):
-  """A results payload: seed s has running average accuracies ``curves[s]`` (fractions)
-  over every task; ``diverged`` seed -> {task, epoch, quantities} (its curve stops)."""
-  per_seed = [{"seed": s, "avg_accuracy": curve[-1], "avg_accuracy_curve": curve,
-               **({"diverged": (diverged or {})[s]} if s in (diverged or {}) else {})}
-              for s, curve in enumerate(curves)]
-  results = {"config": {"strength": 100.0, "lr": 0.01}, "per_seed": per_seed,
-             "num_tasks": max(len(c) for c in curves),
-             "completed_tasks": max(len(c) for c in curves),
-             "trace": trace or {"task": [], "eta": [], "hebb_norm": []}}
-  if stability is not None:
-    results["penalty_stability"] = stability
+def _results(curves, trace=None, stability=(), diverged=None, run_diverged=None,
+             num_tasks=None):
+  """A record: seed s has running average accuracies ``curves[s]`` (fractions) over the
+  tasks it finished; ``diverged`` seed -> {task, epoch, quantities} (its curve stops);
+  ``run_diverged``: every seed listed diverged there (the run stopped)."""
+  divergence = {s: (d["task"], d["epoch"], d["quantities"])
+                for s, d in (diverged or {}).items()}
   if run_diverged is not None:
-    results["diverged"] = run_diverged
-  return results
+    divergence.update({s: (run_diverged["task"], run_diverged["epoch"],
+                           run_diverged["quantities"]) for s in run_diverged["seeds"]})
+  return records.from_curves(curves, config=_ONLINE_EWC, trace=trace, stability=stability,
+                             divergence=divergence, num_tasks=num_tasks)
 
 
 def _evidence(runs):
   """What ``write_instability`` writes for ``runs`` (no files)."""
   return {"benchmark": "b", "dhp_mas": instability.dhp_mas_evidence(runs),
-          "online_ewc": instability.online_ewc_evidence(runs)}
+          "penalised": instability.penalised_evidence(runs)}
 
 
 # Two tasks of two epochs; per epoch one value per seed. Seed 0 crosses zero in task 1 and
@@ -62,7 +64,9 @@ def test_the_projected_controls_seeds_count_zero():
 
 
 def test_paired_difference_to_mas_per_seed_and_largest_drop():
-  runs = {"dhp+mas": _results([[0.9, 0.5], [0.9, 0.8], [0.9, 0.7]], TRACE),
+  trace = {key: values if key == "task" else [row + [None] for row in values]
+           for key, values in TRACE.items()}   # the third seed without a trace
+  runs = {"dhp+mas": _results([[0.9, 0.5], [0.9, 0.8], [0.9, 0.7]], trace),
           "mas": _results([[0.9, 0.85], [0.9, 0.86]])}   # mas lacks seed 2
   first, second, third = instability.dhp_mas_evidence(runs)["rows"]["dhp+mas"]["per_seed"]
   assert first["minus_baseline"] == pytest.approx(-35.0)
@@ -90,7 +94,7 @@ def test_penalty_stability_over_one_before_divergence_is_reported():
   run = _results([[0.9, 0.8], [0.9, 0.85, 0.8]], stability=stability,
                  diverged={0: {"task": 3, "epoch": 1, "quantities": ["loss"]}})
   evidence = _evidence({"online_ewc": run})
-  row = evidence["online_ewc"]["rows"]["online_ewc"]
+  row = evidence["penalised"]["rows"]["online_ewc"]
   first, second = row["per_seed"]
   assert [r["value"] for r in first["stability"]] == [0.5, 1.2]
   assert first["first_task_over_bound"] == 2 and first["diverged"]["task"] == 3
@@ -106,7 +110,7 @@ def test_a_run_wide_divergence_under_the_bound_is_not_preceded():
   run = _results([[0.9]], stability=[{"task": 1, "max_lr_strength_importance": [0.7],
                                       "largest_layer": ["b0"]}],
                  run_diverged={"task": 2, "epoch": 1, "quantities": ["loss"], "seeds": [0]})
-  seed = instability.online_ewc_evidence(
+  seed = instability.penalised_evidence(
       {"dhp+online_ewc_batch": run})["rows"]["dhp+online_ewc_batch"]["per_seed"][0]
   assert seed["diverged"]["task"] == 2 and seed["over_bound_before_divergence"] is False
 
@@ -115,7 +119,7 @@ def test_a_run_without_the_record_is_reported_as_not_recorded():
   run = _results([[0.9, 0.8]], run_diverged={"task": 3, "epoch": 1, "quantities": ["loss"],
                                              "seeds": [0]})
   evidence = _evidence({"online_ewc": run})
-  seed = evidence["online_ewc"]["rows"]["online_ewc"]["per_seed"][0]
+  seed = evidence["penalised"]["rows"]["online_ewc"]["per_seed"][0]
   assert seed["stability"] is None and seed["over_bound_before_divergence"] is None
   md = instability.markdown(evidence)
   assert "| 0 | not recorded (run before the stability record) | — | task 3, epoch 1 | — |" in md
@@ -123,19 +127,20 @@ def test_a_run_without_the_record_is_reported_as_not_recorded():
 
 def test_seeds_a_merged_run_added_without_their_record_are_not_recorded():
   run = _results([[0.9, 0.8], [0.9, 0.8]], stability=[
-      {"task": 1, "max_lr_strength_importance": [0.5], "largest_layer": ["b0"]}])
-  first, second = instability.online_ewc_evidence(
+      {"task": 1, "max_lr_strength_importance": [0.5, None],
+       "largest_layer": ["b0", None]}])   # as merging pads the added seed's
+  first, second = instability.penalised_evidence(
       {"online_ewc": run})["rows"]["online_ewc"]["per_seed"]
   assert first["stability"][0]["value"] == 0.5 and second["stability"] is None
 
 
 def test_a_row_still_training_is_marked_partial():
-  run = _results([[0.9, 0.8], [0.9, 0.85]], stability=[
-      {"task": t, "max_lr_strength_importance": [0.1, 0.1], "largest_layer": ["b0", "b0"]}
-      for t in (1, 2)])
-  run["num_tasks"] = 10
-  evidence = _evidence({"online_ewc_batch": run, "dhp+mas": {**run, "trace": TRACE}})
-  assert evidence["online_ewc"]["rows"]["online_ewc_batch"]["summary"] == \
+  stability = [{"task": t, "max_lr_strength_importance": [0.1, 0.1],
+                "largest_layer": ["b0", "b0"]} for t in (1, 2)]
+  run = _results([[0.9, 0.8], [0.9, 0.85]], stability=stability, num_tasks=10)
+  evidence = _evidence({"online_ewc_batch": run, "dhp+mas": _results(
+      [[0.9, 0.8], [0.9, 0.85]], TRACE, stability=stability, num_tasks=10)})
+  assert evidence["penalised"]["rows"]["online_ewc_batch"]["summary"] == \
       "diverged on 0 of 2 seeds; partial: 2/10 tasks"
   assert evidence["dhp_mas"]["rows"]["dhp+mas"]["summary"].endswith("; partial: 2/10 tasks")
 
@@ -146,7 +151,7 @@ def test_a_seed_from_a_run_before_the_record_merged_into_one_with_it_is_not_reco
                 "largest_layer": [None, "b0"]} for t, v in ((1, 0.5), (2, 1.1))]
   run = _results([[0.9], [0.9, 0.8]], stability=stability,
                  diverged={0: {"task": 2, "epoch": 1, "quantities": ["loss"]}})
-  row = instability.online_ewc_evidence({"online_ewc": run})["rows"]["online_ewc"]
+  row = instability.penalised_evidence({"online_ewc": run})["rows"]["online_ewc"]
   first, second = row["per_seed"]
   assert first["stability"] is None and first["over_bound_before_divergence"] is None
   assert [r["value"] for r in second["stability"]] == [0.5, 1.1]
@@ -155,21 +160,26 @@ def test_a_seed_from_a_run_before_the_record_merged_into_one_with_it_is_not_reco
 
 
 def test_missing_rows():
-  evidence = _evidence({"dhp+mas": _results([[0.9, 0.5]], TRACE)})
+  first_seed = {key: values if key == "task" else [row[:1] for row in values]
+                for key, values in TRACE.items()}
+  evidence = _evidence({"dhp+mas": _results([[0.9, 0.5]], first_seed)})
   assert list(evidence["dhp_mas"]["rows"]) == ["dhp+mas"]
   assert evidence["dhp_mas"]["missing"] == ["dhp+mas_eta_projected", "mas"]
   assert evidence["dhp_mas"]["rows"]["dhp+mas"]["per_seed"][0]["minus_baseline"] is None
-  assert evidence["online_ewc"]["rows"] == {}
-  assert "online_ewc_batch" in evidence["online_ewc"]["missing"]
+  # DHP + MAS is penalised too: its lr·λ·Ω is reported beside the Online EWC rows.
+  assert list(evidence["penalised"]["rows"]) == ["dhp+mas"]
+  assert "online_ewc" in evidence["penalised"]["missing"]
+  assert "online_ewc_batch" not in evidence["penalised"]["missing"]   # not a Table I row
   md = instability.markdown(evidence)
   assert "Not on disk: `dhp+mas_eta_projected`, `mas`" in md
 
 
 def test_write_instability_writes_both_files_or_nothing(tmp_path):
   bench_dir = str(tmp_path)
-  mas = _results([[0.9, 0.85]])
-  assert instability.write_instability(bench_dir, {"mas": mas}) is None   # no evidence
+  finetune = records.from_curves([[0.9, 0.85]])   # no penalty, no DHP + MAS: no evidence
+  assert instability.write_instability(bench_dir, {"finetune": finetune}) is None
   assert not os.path.exists(os.path.join(bench_dir, "instability.json"))
+  mas = _results([[0.9, 0.85]])
   dhp_mas = _results([[0.9, 0.5], [0.9, 0.8]], TRACE)
   evidence = instability.write_instability(bench_dir, {"mas": mas, "dhp+mas": dhp_mas})
   with open(os.path.join(bench_dir, "instability.json")) as f:

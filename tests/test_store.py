@@ -11,11 +11,12 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
 from dhp_jax import config as config_lib
-from dhp_jax import engine, seeds, store
+from dhp_jax import consolidation, engine, results as results_lib, seeds, store
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Three tasks of 256 real samples, two seeds, SI (so the optimizer state matters).
@@ -168,7 +169,7 @@ def test_a_damaged_only_commit_is_named_by_the_binary_in_one_line(tmp_path, how,
   assert run.stderr.rstrip().endswith("rerun with --restart to start that run over")
 
 
-@pytest.mark.parametrize("damage", ["results", "results_and_copy", "checkpoint"])
+@pytest.mark.parametrize("damage", ["results", "results_and_copy", "checkpoint", "progress"])
 def test_a_damaged_latest_commit_costs_at_most_one_task(tmp_path, damage, uninterrupted):
   out = str(tmp_path / "damaged")
   engine.train_and_evaluate(TINY, out, progress=False, stop_after_task=2)
@@ -176,6 +177,9 @@ def test_a_damaged_latest_commit_costs_at_most_one_task(tmp_path, damage, uninte
   assert os.path.isdir(os.path.join(out, store.COMMITS, "1"))   # the one before is kept
   if damage == "checkpoint":
     _damage_checkpoint(latest, "truncated")
+  elif damage == "progress":
+    progress = os.path.join(latest, store.PROGRESS)
+    os.truncate(progress, os.path.getsize(progress) // 2)
   else:
     _damage_results(os.path.join(latest, store.RESULTS))
   if damage == "results_and_copy":
@@ -225,15 +229,15 @@ def test_every_recorded_run_is_read_as_finished_and_can_take_more_seeds():
   dirs = list(_recorded_runs())
   assert len(dirs) > 50
   for run_dir in dirs:
-    results = store.read_results(run_dir)
+    record = results_lib.load(run_dir)
     config = config_lib.Config(**{
         k: tuple(v) if isinstance(v, list) else v
-        for k, v in config_lib.with_defaults(results["config"]).items()})
-    if not store.is_finished(results, config.num_seeds):
+        for k, v in config_lib.with_defaults(record.config).items()})
+    if not record.finished():
       continue   # in progress (the campaign); resumable, not finished
-    assert store.is_complete(run_dir, config), run_dir
+    assert record.holds(config), run_dir
     more = dataclasses.replace(config, num_seeds=config.num_seeds + 1)
-    assert store.seeds_to_extend(run_dir, more) == config.num_seeds, run_dir
+    assert record.seeds_to_extend(more) == config.num_seeds, run_dir
 
 
 def test_penalty_stability_is_recorded_and_warned_before_the_next_task(tmp_path, mnist):
@@ -250,14 +254,27 @@ def test_penalty_stability_is_recorded_and_warned_before_the_next_task(tmp_path,
   run = engine.prepare(stiff)
   target = run.programs.create(seeds.init_keys(run.keys))
   state = store.restore_state(str(tmp_path / "stiff"), commit, target)
-  largest = engine._largest_importance(state.opt_state, state.params)
-  want = [stiff.lr * stiff.strength * max(float(v[s]) for v in largest.values())
-          for s in range(2)]
+  importance = consolidation.get_penalty(state.opt_state).importance
+  slow = [np.asarray(leaf).reshape(2, -1).max(1)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(importance)
+          if not {getattr(k, "key", None) for k in path} & {"alpha", "eta"}]
+  want = [stiff.lr * stiff.strength * max(float(v[s]) for v in slow) for s in range(2)]
   np.testing.assert_allclose(results["penalty_stability"][-1]["max_lr_strength_importance"],
                              want, rtol=1e-6)
   warned = [line for line in said if line.startswith("WARNING: after task 1")]
   assert warned and all("> 1 in " in line for line in warned)
   assert first["max_lr_strength_importance"][0] > 1
+
+
+def test_a_commit_from_before_engine_v3_resumes_from_its_results(tmp_path, uninterrupted):
+  """A commit without a progress file (written before engine v3, e.g. by a campaign's
+  run in progress when the engine changed) goes on from its results.json, as then."""
+  out = str(tmp_path / "old")
+  engine.train_and_evaluate(TINY, out, progress=False, stop_after_task=1)
+  os.remove(store.latest_commit(out).progress_path)
+  resumed = engine.train_and_evaluate(TINY, out, progress=False, resume=True)
+  assert _numbers(resumed) == _numbers(uninterrupted)
+  assert store.latest_commit(out).progress_path is not None   # v3 from here on
 
 
 def test_an_unfinished_run_without_its_checkpoint_starts_over(tmp_path, uninterrupted):

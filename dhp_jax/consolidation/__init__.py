@@ -15,6 +15,7 @@ jit/vmap/tree_get/tree_set work):
                                        state ``QuadraticPenaltyState``.
   ``get_penalty(opt_state)``           the ``QuadraticPenaltyState`` inside any optimizer state.
   ``set_penalty(opt_state, *, importance=None, anchor=None)``  new Ω / θ* (optax tree_set).
+  ``largest_importance(opt_state, params)``  {slow-weight layer: largest Ω} (stability).
 ``constraints`` (DHP α and η; at the end of a chain)
   ``plastic_mask(params, field)``      pytree of bool: True exactly on DHP ``field`` leaves.
   ``freeze(field)``                    zero updates (``optax.masked(set_to_zero)``).
@@ -46,5 +47,5 @@ from dhp_jax.consolidation.path_integral import (PathIntegralState, get_omega, r
                                                  si_accumulate, si_importance,
                                                  track_path_integral)
 from dhp_jax.consolidation.penalty import (QuadraticPenaltyState, get_penalty,
-                                           quadratic_penalty, set_penalty,
-                                           slow_weights_mask)
+                                           largest_importance, quadratic_penalty,
+                                           set_penalty, slow_weights_mask)

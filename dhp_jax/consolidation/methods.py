@@ -44,12 +44,15 @@ class TaskEnd(NamedTuple):
 class Method(NamedTuple):
   """label: the method's name in tables; optimizer(hyper) -> the optax chain (SGD
   included); end_task(TaskEnd, hyper) -> the optimizer state for the next task (None:
-  nothing to do); hyperparameters: the ``hyper`` fields it reads beyond ``lr``."""
+  nothing to do); hyperparameters: the ``hyper`` fields it reads beyond ``lr``;
+  stability(opt_state, params) -> {layer: largest Ω} of its penalty, which the engine
+  records as lr·λ·Ω after every task (None: no penalty to record)."""
   label: str
   optimizer: Callable[[Any], optax.GradientTransformation]
   end_task: Optional[Callable[[TaskEnd, Any], Any]] = None
   uses_task_data: bool = False
   hyperparameters: tuple = ()
+  stability: Optional[Callable[[Any, PyTree], dict]] = None
 
   @property
   def penalised(self) -> bool:
@@ -107,17 +110,21 @@ def _mas_end(end: TaskEnd, hyper):
   return penalty.set_penalty(end.opt_state, importance=importance, anchor=anchor)
 
 
+_PENALISED = dict(stability=penalty.largest_importance)
+
 METHODS = {
     "finetune": Method("Finetune", _sgd),
     # EWC (Kirkpatrick et al. 2017), one penalty per past task collapsed to O(1) memory.
     "ewc": Method("EWC", _penalised_sgd, _ewc_end, uses_task_data=True,
-                  hyperparameters=("strength", "fisher_mode")),
+                  hyperparameters=("strength", "fisher_mode"), **_PENALISED),
     # Online EWC (Schwarz et al. 2018): Ω ← γΩ + F.
     "online_ewc": Method("Online EWC", _penalised_sgd, _online_ewc_end, uses_task_data=True,
-                         hyperparameters=("strength", "ewc_gamma", "fisher_mode")),
+                         hyperparameters=("strength", "ewc_gamma", "fisher_mode"),
+                         **_PENALISED),
     # SI (Zenke et al. 2017): Ω accrues during the task; nothing estimated at its end.
-    "si": Method("SI", _si_optimizer, _si_end, hyperparameters=("strength", "si_xi")),
+    "si": Method("SI", _si_optimizer, _si_end, hyperparameters=("strength", "si_xi"),
+                 **_PENALISED),
     # MAS (Aljundi et al. 2018), global or layer-wise (Hebbian).
     "mas": Method("MAS", _penalised_sgd, _mas_end, uses_task_data=True,
-                  hyperparameters=("strength", "mas_variant")),
+                  hyperparameters=("strength", "mas_variant"), **_PENALISED),
 }

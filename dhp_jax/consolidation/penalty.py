@@ -146,3 +146,15 @@ def set_penalty(opt_state, *, importance: Optional[PyTree] = None,
   return optax.tree_utils.tree_set(opt_state, _field_of(QuadraticPenaltyState.__name__),
                                    **values)
 
+
+def largest_importance(opt_state, params: PyTree) -> dict:
+  """{slow-weight path: largest Ω} of the penalty in ``opt_state`` (one seed).
+
+  Plain SGD on λΩ(θ − θ*)² multiplies the offset by (1 − 2·lr·λ·Ω) per step, so
+  lr·λ·(largest Ω) > 1 on a layer means the penalty alone diverges there.
+  """
+  importance = get_penalty(opt_state).importance
+  leaves = jax.tree_util.tree_leaves_with_path(importance)
+  return {jax.tree_util.keystr(path): leaf.max()
+          for (path, leaf), slow in zip(leaves, jax.tree.leaves(slow_weights_mask(params)))
+          if slow}
