@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, NamedTuple
 
-from dhp_jax import consolidation, hebbian, models, streams
+from dhp_jax import consolidation, heads_spec, hebbian, streams
 
 # 'quick' and 'medium' = the paper's settings with fewer epochs per task (reduced scale).
 PRESET_NAMES = ("paper", "quick", "medium")
@@ -108,7 +108,7 @@ class Config:
 # Fields whose value is one of a vocabulary, with the vocabulary's owner.
 CHOICES = {
     "benchmark": streams.BENCHMARKS, "method": tuple(consolidation.METHODS),
-    "head": models.HEADS, "theta_init": hebbian.THETA_INITS, "preset": PRESET_NAMES,
+    "head": heads_spec.HEADS, "theta_init": hebbian.THETA_INITS, "preset": PRESET_NAMES,
     "eta_constraint": ETA_CONSTRAINTS, "fisher_mode": consolidation.FISHER_MODES,
     "mas_variant": consolidation.MAS_VARIANTS, "scenario": streams.SCENARIOS,
 }

@@ -1,18 +1,24 @@
-"""Array operations the networks are built from, with no network of their own.
+"""Array operations the networks of both front ends (``dhp_jax.linen``, ``dhp_jax.nnx``)
+are built from, with no network of their own.
 
+``torch_kernel_init``                 the hidden layers' kernel init (PyTorch's default).
 ``conv_patches(x, kernel_hw, ...)``   receptive fields of a 2-D convolution.
 ``patch_conv(lhs, rhs, ...)``         ``lax.conv_general_dilated`` as patches · kernel, for
                                       ``nn.Conv`` / ``nnx.Conv(conv_general_dilated=...)``.
+``restrict_logits(logits, slice)``    a task's outputs (task-incremental streams).
 
 The consolidation estimators' per-sample shortcut reads convolutions through these too,
 so they import no network module.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+
+# PyTorch's kaiming_uniform_(a=√5) default is U(±1/√fan_in) = variance_scaling(1/3).
+torch_kernel_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def conv_patches(x: jax.Array, kernel_hw: Sequence[int], strides: Sequence[int] = (1, 1),
@@ -62,3 +68,18 @@ def patch_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilatio
   return jnp.dot(patches.reshape(*patches.shape[:3], -1), rhs.reshape(-1, rhs.shape[-1]),
                  precision=precision, preferred_element_type=preferred_element_type,
                  **sharding)
+
+
+def restrict_logits(logits: jax.Array,
+                    output_slice: Optional[tuple[int, int]]) -> jax.Array:
+  """Task-incremental outputs: ``logits[:, start:stop]``, or all logits when None.
+
+  The slice is static (one compiled program per distinct task slice).
+  """
+  if output_slice is None:
+    return logits
+  start, stop = output_slice
+  if not 0 <= start < stop <= logits.shape[-1]:
+    raise ValueError(f"output_slice must satisfy 0 <= start < stop <= "
+                     f"{logits.shape[-1]}, got {output_slice}")
+  return logits[..., start:stop]

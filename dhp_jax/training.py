@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dhp_jax import consolidation, models, streams
+from dhp_jax import consolidation, linen, ops, streams
 from dhp_jax.config import Config
 
 
@@ -25,8 +25,8 @@ def make_model(config: Config, num_classes: int):
   common = dict(num_classes=num_classes, head=config.head, eta_init=config.eta_init,
                 theta_init=config.theta_init)
   if config.benchmark == "vision_mixture":
-    return models.CNN(**common)
-  return models.MLP(hidden=config.hidden, **common)
+    return linen.CNN(**common)
+  return linen.MLP(hidden=config.hidden, **common)
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
@@ -91,7 +91,7 @@ def train_step(state: TrainState, batch, *, model, optimizer, output_slice=None,
       new_hebb = mutated["hebb"]
     else:
       logits, new_hebb = model.apply(_variables(params, state.hebb), x), state.hebb
-    logits = models.restrict_logits(logits, output_slice)
+    logits = ops.restrict_logits(logits, output_slice)
     loss = masked_cross_entropy(logits, labels - start, mask)
     correct = jnp.sum((jnp.argmax(logits, -1) == labels - start) & mask)
     return loss, (new_hebb, correct)
@@ -144,7 +144,7 @@ def evaluate(params, hebb, split: "streams.Split", permutation, *, model,
   def body(total, inputs):
     idx, valid = inputs
     x, labels = streams.make_batch(split.images, split.labels, split.index[idx], permutation)
-    logits = models.restrict_logits(model.apply(_variables(params, hebb), x), output_slice)
+    logits = ops.restrict_logits(model.apply(_variables(params, hebb), x), output_slice)
     return total + jnp.sum((jnp.argmax(logits, -1) + start == labels) & valid), None
 
   correct, _ = jax.lax.scan(body, jnp.zeros((), jnp.int32), (batch_idx, batch_valid))
@@ -177,7 +177,7 @@ def consolidate(state: TrainState, task_start_params, split, permutation, key, *
     labels = labels - start
 
   def apply_fn(p, x):
-    return models.restrict_logits(model.apply(_variables(p, state.hebb), x), output_slice)
+    return ops.restrict_logits(model.apply(_variables(p, state.hebb), x), output_slice)
 
   end = consolidation.TaskEnd(state.opt_state, state.params, task_start_params, apply_fn,
                               images, labels, estimate_key)

@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from dhp_jax import consolidation, hebbian, models, streams
+from dhp_jax import consolidation, heads_spec, hebbian, streams
 from dhp_jax import config as config_lib
 from dhp_jax.config import ROWS, make_config, row_config, row_label, row_of
 
@@ -94,7 +94,7 @@ def test_a_config_that_is_no_row_spells_out_its_changes():
 
 
 # Each vocabulary and the module that owns it.
-OWNERS = {"benchmark": streams.BENCHMARKS, "head": models.HEADS,
+OWNERS = {"benchmark": streams.BENCHMARKS, "head": heads_spec.HEADS,
           "theta_init": hebbian.THETA_INITS, "preset": config_lib.PRESET_NAMES,
           "eta_constraint": config_lib.ETA_CONSTRAINTS,
           "fisher_mode": consolidation.FISHER_MODES,

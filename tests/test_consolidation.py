@@ -13,7 +13,8 @@ from dhp_jax import consolidation as cons
 from dhp_jax import ops
 from dhp_jax.consolidation import _per_sample
 from dhp_jax.hebbian import DHPParams
-from dhp_jax.models import MLP, restrict_logits
+from dhp_jax.linen import MLP
+from dhp_jax.ops import restrict_logits
 
 LAMBDA = 0.7
 

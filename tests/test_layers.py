@@ -6,12 +6,12 @@ import numpy as np
 import optax
 import pytest
 
-from dhp_jax import layers, models, ops
+from dhp_jax import linen, ops
 from dhp_jax.hebbian import DHPParams, dhp_apply
 
 
 def test_module_equals_pure_function():
-  head = layers.DHPSoftmax(5, eta_init=0.3)
+  head = linen.DHPSoftmax(5, eta_init=0.3)
   h = jax.random.normal(jax.random.key(1), (7, 6))
   labels = jnp.array([0, 1, 1, 4, 4, 4, 2], jnp.int32)
   variables = head.init(jax.random.key(0), h, labels)
@@ -36,8 +36,8 @@ def test_module_equals_pure_function():
 def test_matched_head_equals_dhp_with_alpha_zero_at_init(theta_init):
   x = jax.random.uniform(jax.random.key(3), (4, 28, 28, 1))
   labels = jnp.array([1, 2, 3, 1], jnp.int32)
-  dhp = models.MLP(hidden=(32,), head="dhp", theta_init=theta_init)
-  matched = models.MLP(hidden=(32,), head="matched", theta_init=theta_init)
+  dhp = linen.MLP(hidden=(32,), head="dhp", theta_init=theta_init)
+  matched = linen.MLP(hidden=(32,), head="matched", theta_init=theta_init)
   v_dhp = dhp.init(jax.random.key(0), x)
   v_matched = matched.init(jax.random.key(0), x)
   np.testing.assert_array_equal(v_matched["params"]["head"]["theta1"],
@@ -49,21 +49,21 @@ def test_matched_head_equals_dhp_with_alpha_zero_at_init(theta_init):
 
 
 def test_model_shapes_and_task_restriction():
-  mlp = models.MLP(hidden=(256, 256), head="softmax")
+  mlp = linen.MLP(hidden=(256, 256), head="softmax")
   v = mlp.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
   assert set(v["params"]) == {"dense_0", "dense_1", "head"}
   assert "hebb" not in v
-  cnn = models.CNN(num_classes=50)
+  cnn = linen.CNN(num_classes=50)
   v = cnn.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)))
   assert v["params"]["dense"]["kernel"].shape == (5 * 5 * 50, 500)
   logits = cnn.apply(v, jnp.ones((2, 32, 32, 3)))
   assert logits.shape == (2, 50)
-  np.testing.assert_array_equal(models.restrict_logits(logits, (10, 20)), logits[:, 10:20])
-  assert models.restrict_logits(logits, None) is logits
+  np.testing.assert_array_equal(ops.restrict_logits(logits, (10, 20)), logits[:, 10:20])
+  assert ops.restrict_logits(logits, None) is logits
   with pytest.raises(ValueError, match="output_slice"):
-    models.restrict_logits(logits, (40, 60))
+    ops.restrict_logits(logits, (40, 60))
   with pytest.raises(ValueError, match="head"):
-    models.MLP(head="hebbian").init(jax.random.key(0), jnp.zeros((1, 4)))
+    linen.MLP(head="hebbian").init(jax.random.key(0), jnp.zeros((1, 4)))
 
 
 class UserCNN(nn.Module):
@@ -74,7 +74,7 @@ class UserCNN(nn.Module):
     x = nn.relu(nn.Conv(8, (3, 3), strides=(2, 2))(x))
     x = nn.relu(nn.Conv(16, (3, 3), strides=(2, 2))(x))
     x = nn.relu(nn.Dense(64)(x.reshape((x.shape[0], -1))))
-    return layers.DHPSoftmax(10)(x, labels)
+    return linen.DHPSoftmax(10)(x, labels)
 
 
 def test_user_cnn_with_dhp_head_learns_real_mnist(mnist):

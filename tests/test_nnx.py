@@ -7,7 +7,8 @@ import optax
 import pytest
 from flax import nnx
 
-from dhp_jax import consolidation, layers, models
+from dhp_jax import consolidation, heads_spec
+from dhp_jax import linen as dlinen
 from dhp_jax import nnx as dnnx
 from dhp_jax.hebbian import DHPParams, dhp_apply
 
@@ -23,7 +24,7 @@ def _loss(logits):
 
 
 def _linen_params():
-  head = layers.DHPSoftmax(D, eta_init=0.3)
+  head = dlinen.DHPSoftmax(D, eta_init=0.3)
   return head, head.init(jax.random.key(0), H)["params"]
 
 
@@ -145,11 +146,11 @@ def test_penalty_and_path_integral_inside_nnx_optimizer(jit):
 
 
 def _linen_mlp_and_variables(head, x, hidden=(8,)):
-  linen = models.MLP(hidden=hidden, num_classes=D, head=head)
+  linen = dlinen.MLP(hidden=hidden, num_classes=D, head=head)
   return linen, linen.init(jax.random.key(0), x)
 
 
-@pytest.mark.parametrize("head", models.HEADS)
+@pytest.mark.parametrize("head", heads_spec.HEADS)
 def test_mlp_mirrors_linen(head):
   x = jax.random.uniform(jax.random.key(6), (3, 3, 4, 1))
   linen, variables = _linen_mlp_and_variables(head, x, hidden=(400, 300))
@@ -183,7 +184,7 @@ def test_matched_head_starts_as_dhp_with_alpha_zero():
 
 def test_cnn_mirrors_linen():
   x = jax.random.uniform(jax.random.key(7), (2, 32, 32, 3))
-  linen = models.CNN(num_classes=50)
+  linen = dlinen.CNN(num_classes=50)
   variables = linen.init(jax.random.key(0), x)
   linen_params = variables["params"]
   model = dnnx.CNN(50, rngs=nnx.Rngs(0))

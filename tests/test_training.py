@@ -13,7 +13,7 @@ import optax
 import pytest
 from absl.testing import parameterized
 
-from dhp_jax import consolidation, engine, models, seeds, streams, training
+from dhp_jax import consolidation, engine, linen, seeds, streams, training
 from dhp_jax import config as config_lib
 
 IN, WIDTH, NUM_CLASSES = 5, 3, 4
@@ -25,7 +25,7 @@ TRACE = {"head": {"hebb": jax.random.uniform(jax.random.key(2), (WIDTH, NUM_CLAS
 
 
 def _tiny(head="dhp"):
-  return models.MLP(hidden=(WIDTH,), num_classes=NUM_CLASSES, head=head)
+  return linen.MLP(hidden=(WIDTH,), num_classes=NUM_CLASSES, head=head)
 
 
 def _state(head="dhp", optimizer=optax.sgd(LR), **kwargs):

@@ -10,10 +10,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dhp_jax import layers, ops
+from dhp_jax import linen, ops
 from dhp_jax.consolidation._checks import PyTree
 
-_HEADS = (layers.DHPSoftmax, layers.MatchedSoftmax, layers.Softmax)
+_HEADS = tuple(linen.HEAD_MODULES.values())
 # Layers whose parameters a local (layer-wise) MAS sees; their first argument is the input.
 _LOCAL_LAYERS = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.ConvTranspose, nn.ConvLocal)
 
