@@ -1,10 +1,10 @@
-"""What determines a run's numbers: ``Config``, the one preset table, and Table I's rows.
+"""What determines a run's numbers: ``Config`` and the one preset table.
 
 ``make_config(benchmark, preset, method, **overrides)`` starts from ``BENCHMARK_PRESETS``
 (SPEC §3: the paper's settings and λ/ξ per method), applies the preset and overrides,
-and validates. ``ROWS`` names the configurations a table compares (the paper's rows,
-controls and variants) with their labels; ``row_label`` gives any config its row's label.
-Every vocabulary is imported from the module that owns it.
+and validates; ``describe`` spells a config out as a label. Table I's rows and the
+paper's numbers live with the experiments (``experiments/rows.py``). Every vocabulary is
+imported from the module that owns it.
 """
 from __future__ import annotations
 
@@ -218,107 +218,15 @@ def make_config(benchmark: str, preset: str = "quick", method: str = "finetune",
   return Config(benchmark=benchmark, preset=preset, method=method, **values).validate()
 
 
-# ------------------------------------------------------------------------ Table I rows
-
-class Row(NamedTuple):
-  """One configuration a table compares: its label and its ``make_config`` overrides."""
-  label: str
-  overrides: Mapping
-
-
-ROWS = {
-    # The paper's eight rows.
-    "finetune": Row("Finetune", dict(method="finetune", head="matched")),
-    "dhp": Row("DHP Softmax", dict(method="finetune", head="dhp")),
-    "si": Row("SI", dict(method="si", head="matched")),
-    "dhp+si": Row("DHP Softmax + SI", dict(method="si", head="dhp")),
-    "online_ewc": Row("Online EWC", dict(method="online_ewc", head="matched")),
-    "dhp+online_ewc": Row("DHP Softmax + Online EWC", dict(method="online_ewc", head="dhp")),
-    "mas": Row("MAS", dict(method="mas", head="matched")),
-    "dhp+mas": Row("DHP Softmax + MAS", dict(method="mas", head="dhp")),
-    # Two controls that separate plasticity from the θ init.
-    "dhp_frozen_alpha": Row("DHP Softmax, α frozen at 0 (control)",
-                            dict(method="finetune", head="dhp", freeze_alpha=True)),
-    "finetune_dense": Row("Finetune, dense θ init (control)",
-                          dict(method="finetune", head="matched", theta_init="dense")),
-    # Opt-in from here on. SGD may drive the learned η past 1, where the trace update
-    # over-relaxes; this keeps the stored η in [0, 1] (SPEC §1 option).
-    "dhp_eta_projected": Row("DHP Softmax, η projected into [0, 1] (control)",
-                             dict(method="finetune", head="dhp", eta_constraint="project")),
-    # Online EWC variants beside the faithful rows (SPEC §2: exact Fisher, γ = 1), to see
-    # whether its divergence at the paper's λ depends on those choices.
-    "online_ewc_gamma0.9": Row("Online EWC, γ = 0.9 (variant)",
-                               dict(method="online_ewc", head="matched", ewc_gamma=0.9)),
-    "dhp+online_ewc_gamma0.9": Row("DHP Softmax + Online EWC, γ = 0.9 (variant)",
-                                   dict(method="online_ewc", head="dhp", ewc_gamma=0.9)),
-    "online_ewc_empirical": Row("Online EWC, empirical Fisher (variant)",
-                                dict(method="online_ewc", head="matched",
-                                     fisher_mode="empirical")),
-    "dhp+online_ewc_empirical": Row("DHP Softmax + Online EWC, empirical Fisher (variant)",
-                                    dict(method="online_ewc", head="dhp",
-                                         fisher_mode="empirical")),
-    "online_ewc_lambda100": Row("Online EWC, λ = 100 (variant)",
-                                dict(method="online_ewc", head="matched", strength=100.0)),
-    "dhp+online_ewc_lambda100": Row("DHP Softmax + Online EWC, λ = 100 (variant)",
-                                    dict(method="online_ewc", head="dhp", strength=100.0)),
-    # DHP+MAS with η kept in [0, 1], where the trace is an average and cannot grow (the
-    # penalty leaves α, η and the trace free, SPEC §2).
-    "dhp+mas_eta_projected": Row("DHP Softmax + MAS, η projected into [0, 1] (control)",
-                                 dict(method="mas", head="dhp", eta_constraint="project")),
-    # The hypothesis that the paper's Online EWC squared mini-batch *mean* gradients
-    # (as many public EWC implementations do): a Fisher ~batch-size times smaller.
-    "online_ewc_batch": Row("Online EWC, mini-batch Fisher (variant)",
-                            dict(method="online_ewc", head="matched", fisher_mode="batch")),
-    "dhp+online_ewc_batch": Row("DHP Softmax + Online EWC, mini-batch Fisher (variant)",
-                                dict(method="online_ewc", head="dhp", fisher_mode="batch")),
-}
-DEFAULT_ROWS = tuple(ROWS)[:10]   # Table I's eight rows and the two controls
-# DHP+X is compared with X (its suffix dropped: a control's or variant's X is the plain
-# X); DHP with Finetune.
-BASELINE_OF = {"dhp": "finetune",
-               **{row: row[len("dhp+"):].removesuffix("_eta_projected")
-                  for row in ROWS if row.startswith("dhp+")}}
-# Tables beyond the paper's four benchmarks: name -> (benchmark, config overrides). The
-# paper's Split MNIST is task-incremental (a head per task); class-incremental shares one
-# 10-way head, where a memory in the output layer has the most to do.
-VARIANTS = {"split_mnist_class": ("split_mnist", {"scenario": "class"})}
-TABLES = streams.BENCHMARKS + tuple(VARIANTS)
 # The fields a table or sweep leaves to its user (how long, how many seeds, how much
-# data); a row also leaves which data (scenario, vision data sets) to its table.
+# data).
 RUN_SIZE_FIELDS = ("num_tasks", "epochs", "num_seeds", "seed", "importance_samples",
                    "train_subset")
-_RUN_FIELDS = RUN_SIZE_FIELDS + ("scenario", "vision_datasets")
 
 
-def table_benchmark(table: str) -> tuple[str, dict]:
-  """(benchmark, config overrides) of a table name (a benchmark or a ``VARIANTS`` key)."""
-  return VARIANTS.get(table, (table, {}))
-
-
-def row_config(table: str, preset: str, row: str, **overrides) -> Config:
-  """The config of row ``row`` of table ``table``."""
-  benchmark, extra = table_benchmark(table)
-  return make_config(benchmark, preset, **ROWS[row].overrides, **{**extra, **overrides})
-
-
-def row_of(config: Config):
-  """The name of the row ``config`` runs (run-size fields aside), or None."""
-  run = {name: getattr(config, name) for name in _RUN_FIELDS}
-  for name, row in ROWS.items():
-    try:
-      candidate = make_config(config.benchmark, config.preset, **row.overrides)
-    except ValueError:
-      continue
-    if dataclasses.replace(candidate, **run) == config:
-      return name
-  return None
-
-
-def row_label(config: Config) -> str:
-  """A config's label: its row's (``ROWS``), else spelled out from its fields."""
-  row = row_of(config)
-  if row is not None:
-    return ROWS[row].label
+def describe(config: Config) -> str:
+  """A label spelled out from the config's fields: method, head and the hyperparameters
+  that differ from the paper's (e.g. "DHP Softmax + SI (lr = 0.1)")."""
   method = consolidation.METHODS[config.method]
   usual = {**Config().to_json(), **preset_values(config.benchmark, "paper", config.method)}
   label = method.label + "".join(

@@ -439,7 +439,7 @@ class _TaskLog:
     self.log, self.first, self.total, self.tic = log, first_task, c.num_tasks, time.time()
     seeds = f"seed {run.seeds[0]}" if len(run.seeds) == 1 else \
         f"seeds {run.seeds[0]}-{run.seeds[-1]}"
-    self.name = f"{c.benchmark} ({c.preset}) {config_lib.row_label(c)}, {seeds}"
+    self.name = f"{c.benchmark} ({c.preset}) {config_lib.describe(c)}, {seeds}"
 
   def epoch(self, task: int, epoch: int, values: dict) -> None:
     del task, epoch, values

@@ -397,12 +397,14 @@ def _merge_stability(first: RunRecord, second: RunRecord) -> tuple:
   return tuple(merged)
 
 
-def summary_line(config, record: RunRecord) -> str:
-  """One line: row, benchmark, seeds, tasks done, mean ± SEM accuracy and BWT."""
+def summary_line(config, record: RunRecord, label: Optional[str] = None) -> str:
+  """One line: label (default: ``config.describe``), benchmark, seeds, tasks done,
+  mean ± SEM accuracy and BWT."""
   mean, sem = record.summary()
   kept = sum(record.reporting(s) for s in range(len(record.seeds)))
   seeds = str(config.num_seeds) if kept == config.num_seeds else f"{kept}/{config.num_seeds}"
-  return (f"{config_lib.row_label(config):<28} {config.benchmark:<26} seeds={seeds:<3} "
+  label = config_lib.describe(config) if label is None else label
+  return (f"{label:<28} {config.benchmark:<26} seeds={seeds:<3} "
           f"tasks={record.completed_tasks}/{record.num_tasks}  "
           f"ACC={100 * mean['avg_accuracy']:6.2f} ± {100 * sem['avg_accuracy']:.2f}%  "
           f"BWT={mean['bwt']:+.3f} ± {sem['bwt']:.3f}")

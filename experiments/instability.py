@@ -20,7 +20,7 @@ import os
 from typing import Mapping, Optional
 
 from dhp_jax import config as config_lib, consolidation, engine, store
-from dhp_jax.config import BASELINE_OF, DEFAULT_ROWS, ROWS
+from experiments.rows import BASELINE_OF, DEFAULT_ROWS, ROWS
 from dhp_jax.results import RunRecord
 
 # ‖Hebb‖_F above which a trace has "blown up": with η kept in [0, 1] the trace is an

@@ -22,6 +22,7 @@ if __package__ in (None, ""):   # run as a script: make `experiments` importable
 from dhp_jax import config as config_lib
 from dhp_jax import engine, plotting, results as results_lib
 from experiments import cli
+from experiments.rows import row_label
 
 _CHOSEN_FIRST = ("benchmark", "preset", "method")   # make_config's positional arguments
 
@@ -52,7 +53,7 @@ def config_from_flags(fv: flags.FlagValues) -> config_lib.Config:
 def write_figures(config: config_lib.Config, record: results_lib.RunRecord,
                   out_dir: str) -> None:
   title = f"{config.benchmark} ({config.preset}), {config.num_seeds} seed(s)"
-  plotting.plot_accuracy({config_lib.row_label(config): record},
+  plotting.plot_accuracy({row_label(config): record},
                          os.path.join(out_dir, "accuracy.png"), title)
   plotting.plot_plasticity(record, os.path.join(out_dir, "plasticity.png"), title)
 
@@ -76,7 +77,7 @@ def run(fv: flags.FlagValues) -> dict:
                                         num_devices=fv.num_devices)
   record = results_lib.read(results)
   write_figures(config, record, out_dir)
-  print(results_lib.summary_line(config, record))
+  print(results_lib.summary_line(config, record, row_label(config)))
   return results
 
 

@@ -27,28 +27,10 @@ if __package__ in (None, ""):   # run as a script: make `experiments` importable
 from dhp_jax import engine, metrics, plotting, results as results_lib, store
 from dhp_jax.results import RunRecord
 from experiments import cli, instability
-from dhp_jax.config import (BASELINE_OF, DEFAULT_ROWS, PRESET_NAMES, ROWS, RUN_SIZE_FIELDS,
-                            TABLES, make_config, row_config, row_label, table_benchmark)
+from dhp_jax.config import PRESET_NAMES, RUN_SIZE_FIELDS, make_config
+from experiments.rows import (BASELINE_OF, DEFAULT_ROWS, PAPER, ROWS, TABLES, row_config,
+                              row_label, table_benchmark)
 
-# Table I of the paper: average test accuracy (%) / BWT after all tasks, 10 trials.
-PAPER = {
-    "permuted_mnist": {"finetune": (76.73, -0.19), "dhp": (78.49, -0.16), "si": (84.72, -0.13),
-                       "dhp+si": (85.20, -0.09), "online_ewc": (86.24, -0.11),
-                       "dhp+online_ewc": (87.30, -0.09), "mas": (88.52, -0.08),
-                       "dhp+mas": (89.53, -0.06)},
-    "imbalanced_permuted_mnist": {"finetune": (76.44, -0.20), "dhp": (80.85, -0.14),
-                                  "si": (85.92, -0.06), "dhp+si": (85.39, -0.06),
-                                  "online_ewc": (87.18, -0.09), "dhp+online_ewc": (87.43, -0.08),
-                                  "mas": (87.32, -0.09), "dhp+mas": (88.80, -0.05)},
-    "split_mnist": {"finetune": (90.43, -0.13), "dhp": (98.23, -0.02), "si": (97.77, -0.04),
-                    "dhp+si": (99.15, 0.00), "online_ewc": (97.65, -0.03),
-                    "dhp+online_ewc": (98.96, -0.01), "mas": (98.24, -0.02),
-                    "dhp+mas": (98.43, -0.01)},
-    "vision_mixture": {"finetune": (60.02, -0.33), "dhp": (62.94, -0.26), "si": (81.26, -0.06),
-                       "dhp+si": (81.75, -0.04), "online_ewc": (78.61, -0.07),
-                       "dhp+online_ewc": (79.10, -0.04), "mas": (78.51, -0.05),
-                       "dhp+mas": (80.66, -0.01)},
-}
 # Paired comparisons beyond DHP+X − X (``BASELINE_OF``): what learning α adds, what the
 # output layer's θ init does (the author's U(±1/√d) against the dense default, with and
 # without plasticity), and what keeping η in [0, 1] changes. (first row, second row); an
@@ -396,7 +378,8 @@ def run_table(benchmarks, rows, preset, num_seeds, out_root, *, seed=0, data_dir
       except engine.NonFiniteError as e:   # recorded in the row's results.json; go on
         print(f"{row_label(config)}: {e}", flush=True)
         continue
-      print(results_lib.summary_line(config, results_lib.read(results)), flush=True)
+      print(results_lib.summary_line(config, results_lib.read(results), row_label(config)),
+            flush=True)
       write_tables(bench_dir, benchmark, preset, rows_on_disk(bench_dir))
     entry = write_tables(bench_dir, benchmark, preset, rows_on_disk(bench_dir))
     if entry is not None:

@@ -5,7 +5,9 @@ import pytest
 
 from dhp_jax import consolidation, heads_spec, hebbian, streams
 from dhp_jax import config as config_lib
-from dhp_jax.config import ROWS, make_config, row_config, row_label, row_of
+from dhp_jax.config import make_config
+from experiments import rows as rows_lib
+from experiments.rows import ROWS, row_config, row_label, row_of
 
 # SPEC §3 (paper Appendix A), written out: tasks, hidden, batch, lr, epochs, η₀,
 # λ of Online EWC / SI / MAS, SI ξ. The vision mixture's CNN has no MLP hidden layers.
@@ -71,7 +73,7 @@ SAME_AS = {("permuted_mnist", "online_ewc_lambda100"): "online_ewc",
 
 
 @pytest.mark.parametrize("row", ROWS)
-@pytest.mark.parametrize("table", config_lib.TABLES)
+@pytest.mark.parametrize("table", rows_lib.TABLES)
 def test_row_of_finds_the_row_back_and_labels_it(table, row):
   # Run-size fields do not change the row.
   c = row_config(table, "quick", row, num_tasks=2, epochs=1, num_seeds=3, seed=4,
@@ -120,10 +122,10 @@ def test_every_vocabulary_is_its_owners_tuple():
 
 def test_a_field_set_outside_its_scope_is_refused():
   # Every Table I row of every table and preset is consistent (recorded runs reload).
-  for table in config_lib.TABLES:
+  for table in rows_lib.TABLES:
     for preset in config_lib.PRESET_NAMES:
-      for row in config_lib.ROWS:
-        config_lib.row_config(table, preset, row)
+      for row in rows_lib.ROWS:
+        rows_lib.row_config(table, preset, row)
   with pytest.raises(ValueError, match=r"strength must be 0.0 with method 'finetune'"):
     config_lib.make_config("permuted_mnist", method="finetune", strength=5.0)
   with pytest.raises(ValueError, match=r"mas_variant must be 'global' with method 'si'"):

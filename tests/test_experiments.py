@@ -9,6 +9,7 @@ from dhp_jax import config as config_lib
 from dhp_jax import data, engine, plotting, results as results_lib, store
 from dhp_jax.results import Divergence
 from experiments import cli, eta_sweep, table1
+from experiments import rows as rows_lib
 from tests import records
 
 _LOSS = ("loss",)
@@ -176,24 +177,24 @@ def test_opt_in_eta_projection_row():
   assert len(table1.DEFAULT_ROWS) == 10 and "dhp_eta_projected" not in table1.DEFAULT_ROWS
   config = table1.row_config("vision_mixture", "quick", "dhp_eta_projected")
   assert (config.head, config.eta_constraint, config.eta_init) == ("dhp", "project", 1e-4)
-  assert config_lib.row_label(config) == "DHP Softmax, η projected into [0, 1] (control)"
+  assert rows_lib.row_label(config) == "DHP Softmax, η projected into [0, 1] (control)"
 
 
 def test_opt_in_online_ewc_variant_rows():
   config = table1.row_config("imbalanced_permuted_mnist", "quick", "dhp+online_ewc_gamma0.9")
   assert (config.head, config.ewc_gamma, config.fisher_mode, config.strength) == \
       ("dhp", 0.9, "exact", 400.0)
-  assert config_lib.row_label(config) == "DHP Softmax + Online EWC, γ = 0.9 (variant)"
+  assert rows_lib.row_label(config) == "DHP Softmax + Online EWC, γ = 0.9 (variant)"
   config = table1.row_config("imbalanced_permuted_mnist", "quick", "online_ewc_empirical")
   assert (config.head, config.ewc_gamma, config.fisher_mode) == ("matched", 1.0, "empirical")
-  assert config_lib.row_label(config) == "Online EWC, empirical Fisher (variant)"
+  assert rows_lib.row_label(config) == "Online EWC, empirical Fisher (variant)"
   assert not set(table1.DEFAULT_ROWS) & {"online_ewc_gamma0.9", "online_ewc_empirical"}
   config = table1.row_config("imbalanced_permuted_mnist", "quick", "dhp+online_ewc_lambda100")
-  assert config_lib.row_label(config) == "DHP Softmax + Online EWC, λ = 100 (variant)"
-  assert config_lib.BASELINE_OF["dhp+online_ewc_lambda100"] == "online_ewc_lambda100"
-  assert config_lib.BASELINE_OF["dhp+mas_eta_projected"] == "mas"
+  assert rows_lib.row_label(config) == "DHP Softmax + Online EWC, λ = 100 (variant)"
+  assert rows_lib.BASELINE_OF["dhp+online_ewc_lambda100"] == "online_ewc_lambda100"
+  assert rows_lib.BASELINE_OF["dhp+mas_eta_projected"] == "mas"
   config = table1.row_config("permuted_mnist", "paper", "dhp+mas_eta_projected")
-  assert config_lib.row_label(config) == "DHP Softmax + MAS, η projected into [0, 1] (control)"
+  assert rows_lib.row_label(config) == "DHP Softmax + MAS, η projected into [0, 1] (control)"
 
 
 def test_class_incremental_split_mnist_is_its_own_table_without_paper_numbers(tmp_path):

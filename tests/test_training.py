@@ -15,6 +15,7 @@ from absl.testing import parameterized
 
 from dhp_jax import consolidation, engine, linen, seeds, streams, training
 from dhp_jax import config as config_lib
+from experiments import rows as rows_lib
 
 IN, WIDTH, NUM_CLASSES = 5, 3, 4
 LR, LAMBDA = 0.1, 0.5
@@ -277,7 +278,7 @@ def test_every_method_builds_and_consolidates(method):
 # ---- paired seeds across rows (issue 14), on real MNIST ------------------------------
 
 def _prepared(table, row, seed):
-  return engine.prepare(config_lib.row_config(table, "quick", row, num_seeds=1, seed=seed,
+  return engine.prepare(rows_lib.row_config(table, "quick", row, num_seeds=1, seed=seed,
                                               num_tasks=2))
 
 
