@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dhp_jax import config as config_lib
-from dhp_jax import consolidation, results as results_lib, seeds as seeds_lib, store
+from dhp_jax import consolidation, distributed, results as results_lib, seeds as seeds_lib
+from dhp_jax import store
 from dhp_jax import training
 from dhp_jax.config import Config
 
@@ -81,6 +82,10 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
   goes to ``log``. Ctrl-C raises ``Interrupted`` saying which tasks are kept.
   ``num_devices``: use at most the first that many devices (default: all; the seeds
   are split over them as ``seeds.devices_for`` says).
+
+  In a run of several processes (``dhp_jax.distributed``) every process calls this
+  with the same arguments; process 0 alone locks and writes ``out_dir`` and calls the
+  observers and the progress bar or log, and every process returns the results.
   """
   config = config.validate()
   try:
@@ -88,12 +93,14 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
       run = prepare(config, data_dir, num_devices)
       done = _init_or_restore(run, out_dir, resume=resume, restart=restart, log=log)
       committed = store.read_results(out_dir) if out_dir is not None else None
+      reports = distributed.is_writer()   # one report of a run, however many processes
+      observers = observers if reports else ()
       for observer in observers:   # e.g. metrics rewound to the commit
         getattr(observer, "start", lambda results: None)(committed)
       if done.next_task >= config.num_tasks:
         return committed
       watchers = [*observers, _ProgressBar(run, done.next_task) if progress
-                  else _TaskLog(run, done.next_task, log)]
+                  else _TaskLog(run, done.next_task, log)] if reports else []
       try:
         return _train_tasks(run, done, out_dir, watchers, stop_after_task, log)
       finally:
@@ -133,7 +140,11 @@ def _kept(out_dir, config: Config) -> str:
 
 
 def _lock(out_dir):
-  return store.locked(out_dir) if out_dir is not None else contextlib.nullcontext()
+  """``out_dir``'s lock, held by process 0 (the writer); the other processes wait for
+  it and stop when it is refused."""
+  if out_dir is None:
+    return contextlib.nullcontext()
+  return distributed.writer_context(f"to lock {out_dir}", lambda: store.locked(out_dir))
 
 
 # ------------------------------------------------------------------------- set-up
@@ -208,8 +219,9 @@ def _init_or_restore(run: Run, out_dir, *, resume: bool, restart: bool, log) -> 
   commit = None
   if out_dir is not None:
     if restart:
-      store.clear(out_dir)
-    commit = store.sync(out_dir)
+      distributed.on_writer(store.clear, out_dir)
+    commit = distributed.writer_first(f"to read {out_dir}", store.sync, out_dir,
+                                      read=store.latest_commit)
     if commit is not None and not resume:
       raise store.StoreError(
           f"{out_dir} already holds a run (task {commit.task}/"
@@ -218,7 +230,7 @@ def _init_or_restore(run: Run, out_dir, *, resume: bool, restart: bool, log) -> 
     if commit is not None and resume and _without_state(commit, config):
       log(f"{out_dir} holds tasks 1-{commit.task} of this run but no checkpoint to resume "
           f"from (checkpoints are not kept in git): starting it over")
-      store.clear(out_dir)
+      distributed.on_writer(store.clear, out_dir)
       commit = None
     elif commit is None and resume:
       log(f"nothing to resume in {out_dir} yet; starting from task 1")
@@ -336,7 +348,8 @@ def _record_nonfinite(run: Run, done: Progress, finite: dict, diverged: dict, t:
   stop = {"task": t + 1, "epoch": epoch + 1, "quantities": names, "seeds": sorted(bad)}
   if out_dir is not None and t > 0:
     # Recorded, so a table can show the row as diverged instead of re-running it.
-    store.record_stop(out_dir, {**store.read_results(out_dir), "diverged": stop})
+    distributed.writer_first(f"to record the stop in {out_dir}", store.record_stop,
+                             out_dir, {**store.read_results(out_dir), "diverged": stop})
   raise NonFiniteError(f"non-finite {', '.join(names)} in task {t + 1}, epoch {epoch + 1} "
                        f"(seeds {stop['seeds']}); results up to task {t} are in {out_dir}")
 
@@ -410,7 +423,8 @@ def _commit_task(run: Run, done: Progress, out_dir, wall_start: float) -> dict:
     results["penalty_stability"] = done.stability
   results["mean"], results["sem"] = results_lib.summarize(results["per_seed"])
   if out_dir is not None:
-    store.commit(out_dir, task, results, run.layout.gather(done.state))
+    distributed.writer_first(f"to commit task {task} to {out_dir}", store.commit, out_dir,
+                             task, results, run.layout.gather(done.state))
   return results
 
 
@@ -482,7 +496,7 @@ def extend_seeds(config: Config, out_dir: str, *, train=None, **train_kwargs) ->
   ``train_and_evaluate``; ``train_kwargs`` go to it. A ``NonFiniteError`` of the new
   seeds is not raised: they are merged as diverged seeds.
   """
-  with store.locked(out_dir):
+  with _lock(out_dir):
     held = store.seeds_to_extend(out_dir, config)
     if not held:
       raise ValueError(f"extend_seeds: {out_dir} holds no finished run of this config "
@@ -499,5 +513,6 @@ def extend_seeds(config: Config, out_dir: str, *, train=None, **train_kwargs) ->
       # otherwise recorded in extra_dir's results as a run-wide divergence
     merged = results_lib.merge_seed_runs(store.read_results(out_dir),
                                          store.read_results(extra_dir))
-    store.commit(out_dir, merged["completed_tasks"], merged)
+    distributed.writer_first(f"to commit the merged seeds to {out_dir}", store.commit,
+                             out_dir, merged["completed_tasks"], merged)
   return merged
