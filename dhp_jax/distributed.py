@@ -28,6 +28,23 @@ class ProcessError(Exception):
   process's own error (in its log) says why and what to do."""
 
 
+class ProcessLost(ProcessError):
+  """A collective among the processes failed: another process is gone (killed, crashed
+  or stopped by its own error). The run can go on from its last commit."""
+  advice = "resume"
+
+
+@contextlib.contextmanager
+def _collective():
+  """Turns a collective's failure into ``ProcessLost``: its error is gloo's or the
+  network's, while the cause is in the other process's log."""
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    raise ProcessLost(f"another process of this run stopped (here: "
+                      f"{str(e).splitlines()[0][:160]}); its log says why") from None
+
+
 def initialize(coordinator_address: Optional[str] = None,
                num_processes: Optional[int] = None, process_id: Optional[int] = None, *,
                timeout: int = DEFAULT_TIMEOUT) -> None:
@@ -46,11 +63,14 @@ def initialize(coordinator_address: Optional[str] = None,
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                heartbeat_timeout_seconds=timeout,
                                shutdown_timeout_seconds=timeout)
-  except (ValueError, RuntimeError) as e:
-    if coordinator_address is None:   # JAX found no cluster to read them from
-      raise ValueError(f"found no cluster (SLURM, Open MPI, Cloud TPU) to join ({e})") \
-          from None
-    raise ValueError(f"cannot join the processes at {coordinator_address}: {e}") from None
+  except ValueError as e:   # what JAX could not find out
+    where = "found no cluster (SLURM, Open MPI, Cloud TPU) to join" \
+        if coordinator_address is None else "cannot join the processes"
+    raise ValueError(f"{where} ({e})") from None
+  except jax.errors.JaxRuntimeError as e:   # e.g. the others never came
+    where = coordinator_address or "the cluster's address"
+    raise ValueError(f"cannot join the processes at {where} "
+                     f"({str(e).splitlines()[0][:200]})") from None
 
 
 def is_writer() -> bool:
@@ -70,7 +90,8 @@ def _agree(failed: bool) -> bool:
   also a barrier: the others pass it only once the writer has done its step)."""
   from jax.experimental import multihost_utils
 
-  return bool(multihost_utils.broadcast_one_to_all(np.int32(failed)))
+  with _collective():
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(failed)))
 
 
 def writer_first(step: str, write: Callable, *args, read: Optional[Callable] = None):
@@ -109,7 +130,8 @@ def allgather(tree):
   whole host arrays in every process (a collective: every process calls it)."""
   from jax.experimental import multihost_utils
 
-  return multihost_utils.process_allgather(tree, tiled=True)
+  with _collective():
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def leave_together() -> None:
@@ -119,4 +141,5 @@ def leave_together() -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
-    multihost_utils.sync_global_devices("dhp_jax: leave together")
+    with _collective():
+      multihost_utils.sync_global_devices("dhp_jax: leave together")

@@ -261,6 +261,10 @@ def main(run: Callable[[flags.FlagValues], object], define: Callable[[flags.Flag
     print(with_advice(e, advice), file=sys.stderr)
   except KeyboardInterrupt:   # outside training: every finished task is committed
     print(f"interrupted; {advice['resume']}", file=sys.stderr)
+  except distributed.ProcessLost as e:
+    # Leave at once: JAX's shutdown would wait for the lost process, then abort this one.
+    print(f"error: {with_advice(e, advice)}", file=sys.stderr, flush=True)
+    os._exit(1)
   except _expected_errors() as e:
     sys.exit(f"error: {with_advice(e, advice)}")
   sys.exit(INTERRUPTED_EXIT)
