@@ -7,10 +7,11 @@ collectives (gloo). The reference is one process with 2 CPU devices: XLA:CPU's n
 can depend on the devices a process has (the threads each gets; BUILD_NOTES, "Several
 devices"), so each process of the pair has what the reference has; the pair's 4 devices
 run the one-device program on 1 seed each, the reference's 2 on 2 seeds each (vmapped
-seeds give per-seed numbers exactly, tests/test_devices.py). SI, not MAS or Online EWC:
-its consolidation runs too, and its numbers do not move with the threads a device gets
-(MAS's and Online EWC's can). Killing process 1 mid-task must end process 0 with one
-line, and the rerun must resume after the last commit. ~2 min on the 2-core machine.
+seeds give per-seed numbers exactly, tests/test_devices.py). SI: a consolidation runs
+too, and its numbers do not move with the threads a device gets, where MAS's and Online
+EWC's can (MAS matched in this layout when checked by hand). Killing process 1 mid-task
+must end process 0 with one line, and the rerun must resume after the last commit.
+~85 s on the loaded 2-core machine.
 """
 import json
 import os
