@@ -73,10 +73,17 @@ def initialize(coordinator_address: Optional[str] = None,
                      f"({str(e).splitlines()[0][:200]})") from None
 
 
+def several_processes() -> bool:
+  """Whether this run has other processes."""
+  # Not distributed: no need to ask JAX, which would start its backend (e.g. claim a
+  # GPU's memory for a binary that only rewrites tables).
+  return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
 def is_writer() -> bool:
   """True in the process that writes the run directory: process 0 (the only one when
   JAX is not distributed)."""
-  return jax.process_index() == 0
+  return not several_processes() or jax.process_index() == 0
 
 
 def on_writer(fn: Callable, *args, **kwargs):
@@ -100,7 +107,7 @@ def writer_first(step: str, write: Callable, *args, read: Optional[Callable] = N
   read it tidied. Returns the process's own step's value. When ``write`` raises, the
   writer raises it and the others ``ProcessError`` naming ``step`` (what the writer was
   doing), instead of going on without it."""
-  if jax.process_count() == 1:
+  if not several_processes():
     return write(*args)
   value, error = None, None
   if is_writer():
@@ -138,7 +145,7 @@ def leave_together() -> None:
   """Waits until every process got here (a collective: no timeout), e.g. so the writer's
   last files are written before the others leave and JAX's shutdown, which waits for
   every process only ``timeout`` seconds, does not stop the writer halfway."""
-  if jax.process_count() > 1:
+  if several_processes():
     from jax.experimental import multihost_utils
 
     with _collective():

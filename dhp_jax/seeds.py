@@ -94,7 +94,8 @@ def seed_layout(num_seeds: int, devices: Optional[Sequence] = None) -> SeedLayou
 def _check_every_process_has_seeds(num_seeds: int, devices: list, used: int,
                                    per_device: int) -> None:
   """Each process runs the program on its own devices' seeds, so each needs some."""
-  idle = sorted(set(range(jax.process_count())) - {d.process_index for d in devices[:used]})
+  holding = {d.process_index for d in devices[:used]}
+  idle = sorted(set(range(jax.process_count())) - holding)
   if idle:
     raise ValueError(f"{num_seeds} seed(s) on {len(devices)} devices of "
                      f"{jax.process_count()} processes fill the first {used} devices "
@@ -115,8 +116,10 @@ def put(tree, sharding):
     return tree
   if sharding.is_fully_addressable:
     return jax.device_put(tree, sharding)
-  return jax.tree.map(lambda x: jax.make_array_from_callback(
-      x.shape, sharding, lambda index: x[index]), tree)
+
+  def pieces(x):
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(pieces, tree)
 
 
 # XLA:CPU hands single dots to YNNPACK by default; once the dots carry the seed batch axis

@@ -159,19 +159,17 @@ def distributed_options(fv: flags.FlagValues) -> dict | None:
           "timeout": fv.distributed_timeout}
 
 
-def start_processes(fv: flags.FlagValues) -> bool:
-  """Joins the run's other processes when the flags ask for it (before any JAX work);
-  whether it did."""
+def start_processes(fv: flags.FlagValues) -> None:
+  """Joins the run's other processes when the flags ask for it (before any JAX work)."""
   options = distributed_options(fv)
   if options is None:
-    return False
+    return
   try:
     distributed.initialize(**options)
   except ValueError as e:
     advice = "" if fv.coordinator_address else (
         "; outside one, pass --coordinator_address, --num_processes and --process_id")
     raise ValueError(f"--distributed {e}{advice}") from None
-  return True
 
 
 # Scatter-adds (segment_sum, the Hebbian update) and some convolution algorithms use
@@ -250,12 +248,11 @@ def main(run: Callable[[flags.FlagValues], object], define: Callable[[flags.Flag
   from dhp_jax import engine
 
   try:
-    joined = start_processes(fv)
-    if joined and not distributed.is_writer():   # one report: process 0's (errors: all)
+    start_processes(fv)
+    if not distributed.is_writer():   # one report of a run: process 0's (errors: all)
       sys.stdout = open(os.devnull, "w")
     result = run(fv)
-    if joined:
-      distributed.leave_together()   # once the writer's last files are written
+    distributed.leave_together()   # once the writer's last files are written
     return result
   except engine.Interrupted as e:
     print(with_advice(e, advice), file=sys.stderr)
