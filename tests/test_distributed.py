@@ -11,7 +11,7 @@ seeds give per-seed numbers exactly, tests/test_devices.py). SI: a consolidation
 too, and its numbers do not move with the threads a device gets, where MAS's and Online
 EWC's can (MAS matched in this layout when checked by hand). Killing process 1 mid-task
 must end process 0 with one line, and the rerun must resume after the last commit.
-~85 s on the loaded 2-core machine.
+55–85 s on the loaded 2-core machine (the compilation cache warm or not).
 """
 import json
 import os
