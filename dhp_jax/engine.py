@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dhp_jax import config as config_lib
-from dhp_jax import consolidation, results as results_lib, seeds as seeds_lib, store
+from dhp_jax import consolidation, distributed, results as results_lib, seeds as seeds_lib
+from dhp_jax import store
 from dhp_jax import training
 from dhp_jax.config import Config
 
@@ -80,19 +81,25 @@ def train_and_evaluate(config: Config, out_dir: Optional[str] = None, *, data_di
   line per finished task goes to ``log``. Ctrl-C raises ``Interrupted`` saying which tasks are kept.
   ``num_devices``: use at most the first that many devices (default: all; the seeds
   are split over them as ``seeds.devices_for`` says).
+
+  In a run of several processes (``dhp_jax.distributed``) every process calls this
+  with the same arguments; process 0 alone locks and writes ``out_dir`` and calls the
+  observers and the progress bar or log, and every process returns the results.
   """
   config = config.validate()
   try:
     with _lock(out_dir):   # first: a busy directory is refused before any work
       run = prepare(config, data_dir, num_devices)
       done = _init_or_restore(run, out_dir, resume=resume, restart=restart, log=log)
+      reports = distributed.is_writer()   # one report of a run, however many processes
+      observers = observers if reports else ()
       if done.next_task >= config.num_tasks:   # finished: its results, as committed
         committed = store.read_results(out_dir)
         _start(observers, results_lib.read(committed))
         return committed
       _start(observers, done.record if done.next_task else None)
       watchers = [*observers, _ProgressBar(run, done.next_task) if progress
-                  else _TaskLog(run, done.next_task, log)]
+                  else _TaskLog(run, done.next_task, log)] if reports else []
       try:
         return _train_tasks(run, done, out_dir, watchers, stop_after_task, log)
       finally:
@@ -140,7 +147,11 @@ def _kept(out_dir, config: Config) -> str:
 
 
 def _lock(out_dir):
-  return store.locked(out_dir) if out_dir is not None else contextlib.nullcontext()
+  """``out_dir``'s lock, held by process 0 (the writer); the other processes wait for
+  it and stop when it is refused."""
+  if out_dir is None:
+    return contextlib.nullcontext()
+  return distributed.writer_context(f"to lock {out_dir}", lambda: store.locked(out_dir))
 
 
 # ------------------------------------------------------------------------- set-up
@@ -215,8 +226,9 @@ def _init_or_restore(run: Run, out_dir, *, resume: bool, restart: bool, log) -> 
   commit = None
   if out_dir is not None:
     if restart:
-      store.clear(out_dir)
-    commit = store.sync(out_dir)
+      distributed.on_writer(store.clear, out_dir)
+    commit = distributed.writer_first(f"to read {out_dir}", store.sync, out_dir,
+                                      read=store.latest_commit)
     if commit is not None and not resume:
       raise store.StoreError(
           f"{out_dir} already holds a run (task {commit.task}/"
@@ -225,7 +237,7 @@ def _init_or_restore(run: Run, out_dir, *, resume: bool, restart: bool, log) -> 
     if commit is not None and resume and _without_state(commit, config):
       log(f"{out_dir} holds tasks 1-{commit.task} of this run but no checkpoint to resume "
           f"from (checkpoints are not kept in git): starting it over")
-      store.clear(out_dir)
+      distributed.on_writer(store.clear, out_dir)
       commit = None
     elif commit is None and resume:
       log(f"nothing to resume in {out_dir} yet; starting from task 1")
@@ -350,7 +362,8 @@ def _record_nonfinite(run: Run, committed: results_lib.RunRecord,
   stopped = dataclasses.replace(committed, divergence=record.divergence)
   if out_dir is not None and t > 0:
     # Recorded, so a table can show the row as diverged instead of re-running it.
-    store.record_stop(out_dir, stopped.to_json())
+    distributed.writer_first(f"to record the stop in {out_dir}", store.record_stop,
+                             out_dir, stopped.to_json())
   names = stopped.to_json()["diverged"]["quantities"]
   raise NonFiniteError(f"non-finite {', '.join(names)} in task {t + 1}, epoch {epoch + 1} "
                        f"(seeds {bad}); results up to task {t} are in {out_dir}")
@@ -417,8 +430,9 @@ def _commit_task(run: Run, done: Progress, out_dir, wall_time_s: float):
   record = dataclasses.replace(done.record, wall_time_s=round(wall_time_s, 1))
   results = record.to_json()
   if out_dir is not None:
-    store.commit(out_dir, record.completed_tasks, results, run.layout.gather(done.state),
-                 record.progress_arrays())
+    distributed.writer_first(f"to commit task {record.completed_tasks} to {out_dir}",
+                             store.commit, out_dir, record.completed_tasks, results,
+                             run.layout.gather(done.state), record.progress_arrays())
   return done._replace(record=record), results
 
 
@@ -490,7 +504,7 @@ def extend_seeds(config: Config, out_dir: str, *, train=None, **train_kwargs) ->
   ``train_and_evaluate``; ``train_kwargs`` go to it. A ``NonFiniteError`` of the new
   seeds is not raised: they are merged as diverged seeds.
   """
-  with store.locked(out_dir):
+  with _lock(out_dir):
     held = results_lib.load(out_dir)
     held = 0 if held is None else held.seeds_to_extend(config)
     if not held:
@@ -508,5 +522,6 @@ def extend_seeds(config: Config, out_dir: str, *, train=None, **train_kwargs) ->
       # otherwise recorded in extra_dir's results as a run-wide divergence
     merged = results_lib.merge_seed_runs(results_lib.load(out_dir),
                                          results_lib.load(extra_dir)).to_json()
-    store.commit(out_dir, merged["completed_tasks"], merged)
+    distributed.writer_first(f"to commit the merged seeds to {out_dir}", store.commit,
+                             out_dir, merged["completed_tasks"], merged)
   return merged

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dhp_jax import streams as streams_lib
+from dhp_jax import distributed, streams as streams_lib
 
 _CONSOLIDATION_FOLD = 10_000   # after any epoch index
 
@@ -45,9 +45,12 @@ class SeedLayout(NamedTuple):
 
   def gather(self, tree):
     """[slots, ...] leaves spread over the devices -> [S, ...] on one device (the
-    program's output itself when there is no sharding)."""
+    program's output itself when there is no sharding); over several processes' devices
+    -> [S, ...] host arrays in every process (a collective: every process calls it)."""
     if self.sharding is None:
       return tree
+    if not self.sharding.is_fully_addressable:
+      return self.unpad(distributed.allgather(tree))
     return self.unpad(jax.device_put(tree, jax.local_devices()[0]))
 
 
@@ -76,14 +79,28 @@ def run_devices(num_devices: Optional[int] = None) -> list:
 
 
 def seed_layout(num_seeds: int, devices: Optional[Sequence] = None) -> SeedLayout:
-  """The ``SeedLayout`` of ``num_seeds`` seeds on ``devices`` (default: every device)."""
+  """The ``SeedLayout`` of ``num_seeds`` seeds on ``devices`` (default: every device, of
+  every process). ValueError when a process would hold no seed."""
   devices = list(jax.devices() if devices is None else devices)
   used, per_device = devices_for(num_seeds, len(devices))
+  _check_every_process_has_seeds(num_seeds, devices, used, per_device)
   if used == 1:
     return SeedLayout(num_seeds, num_seeds, None, tuple(devices[:1]))
   mesh = Mesh(np.asarray(devices[:used]), ("seed",))
   sharding = NamedSharding(mesh, PartitionSpec("seed"))
   return SeedLayout(num_seeds, used * per_device, sharding, tuple(devices[:used]))
+
+
+def _check_every_process_has_seeds(num_seeds: int, devices: list, used: int,
+                                   per_device: int) -> None:
+  """Each process runs the program on its own devices' seeds, so each needs some."""
+  holding = {d.process_index for d in devices[:used]}
+  idle = sorted(set(range(jax.process_count())) - holding)
+  if idle:
+    raise ValueError(f"{num_seeds} seed(s) on {len(devices)} devices of "
+                     f"{jax.process_count()} processes fill the first {used} devices "
+                     f"({per_device} each), leaving process(es) {idle} without a seed: run "
+                     f"more seeds (e.g. --num_seeds={len(devices)}) or fewer processes")
 
 
 def replicated(sharding):
@@ -92,7 +109,17 @@ def replicated(sharding):
 
 
 def put(tree, sharding):
-  return tree if sharding is None else jax.device_put(tree, sharding)
+  """``tree`` (the same in every process) laid out as ``sharding`` says (None: as is).
+  Over several processes each builds its own devices' pieces: ``device_put`` does not
+  place arrays on another process's devices."""
+  if sharding is None:
+    return tree
+  if sharding.is_fully_addressable:
+    return jax.device_put(tree, sharding)
+
+  def pieces(x):
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(pieces, tree)
 
 
 # XLA:CPU hands single dots to YNNPACK by default; once the dots carry the seed batch axis

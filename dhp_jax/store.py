@@ -94,11 +94,23 @@ def _remove_tree(path: str) -> None:
   shutil.rmtree(path, ignore_errors=True)
 
 
-def _save_state(path: str, state: Any) -> None:
+def _checkpointer():
+  """Orbax's checkpointer for this process alone. A commit's state is host arrays that
+  one process writes (the writer, ``dhp_jax.distributed``) and each process reads by
+  itself; orbax's default would have every process of a multi-process run meet at
+  barriers in each save and restore. With one process this is orbax's default."""
   import jax
   import orbax.checkpoint as ocp  # heavy import, only when checkpointing
 
-  checkpointer = ocp.StandardCheckpointer()
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}))
+
+
+def _save_state(path: str, state: Any) -> None:
+  import jax
+
+  checkpointer = _checkpointer()
   checkpointer.save(path, jax.device_get(state))
   checkpointer.wait_until_finished()
 
@@ -279,14 +291,13 @@ def restore_state(out_dir: str, commit: Commit, target):
   """The state saved with ``commit`` of the run in ``out_dir``, shaped like ``target``."""
   import jax
   import jax.numpy as jnp
-  import orbax.checkpoint as ocp
 
   if commit.state_path is None:
     raise StoreError(f"the run in {out_dir} (task {commit.task}/"
                      f"{commit.results.get('num_tasks')}) has no saved state to resume "
                      f"from", advice="restart")
   try:
-    state = ocp.StandardCheckpointer().restore(commit.state_path, jax.device_get(target))
+    state = _checkpointer().restore(commit.state_path, jax.device_get(target))
   except Exception as e:   # orbax raises many types for a damaged checkpoint
     _ignore_closed_loop_callbacks()
     raise StoreError(f"the checkpoint {commit.state_path} cannot be restored "

@@ -5,9 +5,10 @@ type from the field's default, enums from ``config.CHOICES``; default None = the
 preset's value); ``config_overrides(fv, fields)`` reads them back for ``make_config``.
 ``main(run, define)`` is every binary's entry point: it parses, asks XLA for
 deterministic ops on GPU (``--gpu_deterministic``), turns on JAX's persistent
-compilation cache and turns every expected failure (bad flag, corrupt or busy
-run directory, missing data, divergence) into one line on stderr and exit code 1, and a
-Ctrl-C into one line saying what is kept and how to go on (exit code 130).
+compilation cache, joins the run's other processes (``--distributed``) and turns every
+expected failure (bad flag, corrupt or busy run directory, missing data, divergence)
+into one line on stderr and exit code 1, and a Ctrl-C into one line saying what is kept
+and how to go on (exit code 130).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Callable, Mapping, Sequence
 
 from absl import flags, logging
 
-from dhp_jax import config as config_lib
+from dhp_jax import config as config_lib, distributed
 
 DEFAULT_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "dhp_jax", "jax")
 # Where `make fetch` puts the data (the Makefile's DATA, $(CURDIR)/.data, run from the
@@ -103,6 +104,72 @@ def define_run_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_bool("gpu_deterministic", True, "On GPU, XLA's deterministic ops (same seed, "
                     "same numbers; resume bit-identical); --nogpu_deterministic trades that "
                     "for speed. No effect on CPU.", flag_values=fv)
+  define_distributed_flags(fv)
+
+
+# Where a process of a several-process run is, when no cluster tells JAX.
+_COORDINATES = ("coordinator_address", "num_processes", "process_id")
+
+
+def define_distributed_flags(fv: flags.FlagValues) -> None:
+  """The flags of one run over several processes (hosts): README, "Scaling out"."""
+  flags.DEFINE_bool("distributed", False, "One run over several processes (hosts), e.g. "
+                    "`srun python experiments/run.py --distributed ...`: the seeds are split "
+                    "over every process's devices and process 0 writes the run directory, "
+                    "which every process must see. On SLURM, Open MPI or Cloud TPU JAX "
+                    "finds the processes; elsewhere give --coordinator_address, "
+                    "--num_processes and --process_id.", flag_values=fv)
+  flags.DEFINE_string("coordinator_address", None, "With --distributed: HOST:PORT where "
+                      "process 0 listens (the same in every process).", flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "With --distributed: how many processes the "
+                       "run has.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "With --distributed: this process's id, 0 to "
+                       "--num_processes - 1 (0 writes the run directory).", lower_bound=0,
+                       flag_values=fv)
+  flags.DEFINE_integer("distributed_timeout", distributed.DEFAULT_TIMEOUT, "With "
+                       "--distributed: seconds after which a silent or failed process stops "
+                       "the others.", lower_bound=1, flag_values=fv)
+
+
+def distributed_options(fv: flags.FlagValues) -> dict | None:
+  """The arguments of ``distributed.initialize`` the flags ask for (None: one process);
+  ValueError naming the flag when they do not describe one run."""
+  given = [name for name in (*_COORDINATES, "distributed_timeout")
+           if fv[name].present]
+  if not fv.distributed:
+    if given:
+      raise ValueError(f"--{given[0]} is only read with --distributed: add --distributed "
+                       f"or drop --{given[0]}")
+    return None
+  missing = [name for name in _COORDINATES if fv[name].value is None]
+  if 0 < len(missing) < len(_COORDINATES):
+    present = next(name for name in _COORDINATES if name not in missing)
+    raise ValueError(f"--{present} needs {' and '.join('--' + n for n in missing)} too: "
+                     f"give all three, or none on SLURM, Open MPI or Cloud TPU (JAX finds "
+                     f"them there)")
+  if not missing and fv.process_id >= fv.num_processes:
+    raise ValueError(f"--process_id={fv.process_id} must be below --num_processes="
+                     f"{fv.num_processes} (the ids are 0 to {fv.num_processes - 1})")
+  address = fv.coordinator_address
+  host, _, port = (address or "").rpartition(":")
+  if address is not None and not (host and port.isdigit()):
+    raise ValueError(f"--coordinator_address={address} must be HOST:PORT, e.g. "
+                     f"10.0.0.1:1234 (process 0's address and a free port)")
+  return {**{name: fv[name].value for name in _COORDINATES},
+          "timeout": fv.distributed_timeout}
+
+
+def start_processes(fv: flags.FlagValues) -> None:
+  """Joins the run's other processes when the flags ask for it (before any JAX work)."""
+  options = distributed_options(fv)
+  if options is None:
+    return
+  try:
+    distributed.initialize(**options)
+  except ValueError as e:
+    advice = "" if fv.coordinator_address else (
+        "; outside one, pass --coordinator_address, --num_processes and --process_id")
+    raise ValueError(f"--distributed {e}{advice}") from None
 
 
 # Scatter-adds (segment_sum, the Hebbian update) and some convolution algorithms use
@@ -141,7 +208,8 @@ INTERRUPTED_EXIT = 130   # 128 + SIGINT, as a shell reports a Ctrl-C
 def _expected_errors() -> tuple:
   from dhp_jax import engine, store
 
-  return (store.StoreError, engine.NonFiniteError, FileNotFoundError, ValueError)
+  return (store.StoreError, engine.NonFiniteError, FileNotFoundError, ValueError,
+          distributed.ProcessError)
 
 
 def with_advice(error: Exception, advice: Mapping[str, str]) -> str:
@@ -180,11 +248,20 @@ def main(run: Callable[[flags.FlagValues], object], define: Callable[[flags.Flag
   from dhp_jax import engine
 
   try:
-    return run(fv)
+    start_processes(fv)
+    if not distributed.is_writer():   # one report of a run: process 0's (errors: all)
+      sys.stdout = open(os.devnull, "w")
+    result = run(fv)
+    distributed.leave_together()   # once the writer's last files are written
+    return result
   except engine.Interrupted as e:
     print(with_advice(e, advice), file=sys.stderr)
   except KeyboardInterrupt:   # outside training: every finished task is committed
     print(f"interrupted; {advice['resume']}", file=sys.stderr)
+  except distributed.ProcessLost as e:
+    # Leave at once: JAX's shutdown would wait for the lost process, then abort this one.
+    print(f"error: {with_advice(e, advice)}", file=sys.stderr, flush=True)
+    os._exit(1)
   except _expected_errors() as e:
     sys.exit(f"error: {with_advice(e, advice)}")
   sys.exit(INTERRUPTED_EXIT)
@@ -206,8 +283,9 @@ def check_directory_flag(flag: str, path: str) -> None:
 
 @contextlib.contextmanager
 def metric_writers(logdir, run: str, config):
-  """[a ``MetricsWriter``] for ``config``'s seeds when ``logdir`` is set, else []."""
-  if not logdir:
+  """[a ``MetricsWriter``] for ``config``'s seeds when ``logdir`` is set, else [] (and
+  in a process other than the writer, process 0, of a several-process run)."""
+  if not logdir or not distributed.is_writer():
     yield []
     return
   from dhp_jax.metric_writers import MetricsWriter

@@ -20,7 +20,7 @@ if __package__ in (None, ""):   # run as a script: make `experiments` importable
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dhp_jax import config as config_lib
-from dhp_jax import engine, plotting, results as results_lib
+from dhp_jax import distributed, engine, plotting, results as results_lib
 from experiments import cli
 from experiments.rows import row_label
 
@@ -76,7 +76,8 @@ def run(fv: flags.FlagValues) -> dict:
                                         stop_after_task=fv.stop_after_task,
                                         num_devices=fv.num_devices)
   record = results_lib.read(results)
-  write_figures(config, record, out_dir)
+  if distributed.is_writer():   # the one writer of the run directory (process 0)
+    write_figures(config, record, out_dir)
   print(results_lib.summary_line(config, record, row_label(config)))
   return results
 

@@ -24,7 +24,7 @@ from absl import flags
 if __package__ in (None, ""):   # run as a script: make `experiments` importable
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dhp_jax import engine, metrics, plotting, results as results_lib, store
+from dhp_jax import distributed, engine, metrics, plotting, results as results_lib, store
 from dhp_jax.results import RunRecord
 from experiments import cli, instability
 from dhp_jax.config import PRESET_NAMES, RUN_SIZE_FIELDS, make_config
@@ -216,8 +216,9 @@ def load_runs(bench_dir: str, rows) -> dict:
 
 def write_tables(bench_dir: str, benchmark: str, preset: str, rows) -> Optional[dict]:
   """(Re)writes table1.md/json, the figures and instability.md/json (the DHP + MAS and
-  Online EWC rows' per-seed evidence) of one benchmark from what is on disk."""
-  runs = load_runs(bench_dir, rows)
+  Online EWC rows' per-seed evidence) of one benchmark from what is on disk; returns the
+  table's entry (None: no row on disk, or not the writer of a several-process run)."""
+  runs = load_runs(bench_dir, rows) if distributed.is_writer() else None
   if not runs:
     return None
   entry = table_entry(benchmark, preset, runs)
@@ -311,7 +312,7 @@ def side_by_side(out_root: str) -> Optional[str]:
 
 
 def write_side_by_side(out_root: str) -> None:
-  text = side_by_side(out_root)
+  text = side_by_side(out_root) if distributed.is_writer() else None
   if text is not None:
     store.write_text_atomic(os.path.join(out_root, "table1.md"), text)
 
