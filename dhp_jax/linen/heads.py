@@ -57,12 +57,8 @@ class DHPSoftmax(nn.Module):
     return logits
 
 
-class MatchedSoftmax(nn.Module):
-  """The paper's capacity-matched plain head (§V): ``z = h·(θ₁ + θ₂) (+ b)``.
-
-  θ₁ is initialised exactly like the DHP head's θ and θ₂ = 0, so at step 0 it computes
-  what DHP with α = 0 computes. θ₁ and θ₂ receive identical gradients (SPEC §1).
-  """
+class _PlainHead(nn.Module):
+  """A head without plasticity: ``logits(h)`` (+ b); ``labels`` and ``mask`` unused."""
   num_classes: int
   theta_init: str = "author"
   use_bias: bool = False
@@ -71,27 +67,32 @@ class MatchedSoftmax(nn.Module):
   def __call__(self, h: jax.Array, labels: Optional[jax.Array] = None, *,
                mask: Optional[jax.Array] = None) -> jax.Array:
     del labels, mask  # not plastic
-    shape = (h.shape[-1], self.num_classes)
-    theta1 = self.param("theta1", hebbian.theta_initializer(self.theta_init), shape)
-    theta2 = self.param("theta2", nn.initializers.zeros_init(), shape)
-    logits = h @ (theta1 + theta2)
+    logits = self.logits(h, (h.shape[-1], self.num_classes))
     if self.use_bias:
       logits = logits + self.param("bias", nn.initializers.zeros_init(), (self.num_classes,))
     return logits
 
+  @nn.nowrap
+  def theta(self, name: str, shape: tuple) -> jax.Array:
+    return self.param(name, hebbian.theta_initializer(self.theta_init), shape)
 
-class Softmax(nn.Module):
+
+class MatchedSoftmax(_PlainHead):
+  """The paper's capacity-matched plain head (§V): ``z = h·(θ₁ + θ₂) (+ b)``.
+
+  θ₁ is initialised exactly like the DHP head's θ and θ₂ = 0, so at step 0 it computes
+  what DHP with α = 0 computes. θ₁ and θ₂ receive identical gradients (SPEC §1).
+  """
+
+  @nn.nowrap
+  def logits(self, h: jax.Array, shape: tuple) -> jax.Array:
+    theta1 = self.theta("theta1", shape)   # first: the order draws the init keys
+    return h @ (theta1 + self.param("theta2", nn.initializers.zeros_init(), shape))
+
+
+class Softmax(_PlainHead):
   """A plain linear softmax head ``z = h·θ (+ b)`` with the same θ init options."""
-  num_classes: int
-  theta_init: str = "author"
-  use_bias: bool = False
 
-  @nn.compact
-  def __call__(self, h: jax.Array, labels: Optional[jax.Array] = None, *,
-               mask: Optional[jax.Array] = None) -> jax.Array:
-    del labels, mask
-    shape = (h.shape[-1], self.num_classes)
-    logits = h @ self.param("theta", hebbian.theta_initializer(self.theta_init), shape)
-    if self.use_bias:
-      logits = logits + self.param("bias", nn.initializers.zeros_init(), (self.num_classes,))
-    return logits
+  @nn.nowrap
+  def logits(self, h: jax.Array, shape: tuple) -> jax.Array:
+    return h @ self.theta("theta", shape)
