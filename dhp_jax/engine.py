@@ -282,7 +282,7 @@ def _restored(run: Run, out_dir: str, commit: store.Commit, target, log) -> Prog
   log(f"resuming {out_dir} after task {commit.task}/{num_tasks}")
   state = seeds_lib.put(run.layout.pad(restored), run.layout.sharding)
   if arrays is None:   # a commit written before engine v3: its progress is its results
-    return Progress(state, results_lib.RunRecord.from_json(commit.results))
+    arrays = results_lib.RunRecord.from_json(commit.results).progress_arrays()
   return Progress(state, _new_record(run, None).with_progress(arrays))
 
 
