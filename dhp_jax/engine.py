@@ -364,7 +364,7 @@ def _record_nonfinite(run: Run, committed: results_lib.RunRecord,
     # Recorded, so a table can show the row as diverged instead of re-running it.
     distributed.writer_first(f"to record the stop in {out_dir}", store.record_stop,
                              out_dir, stopped.to_json())
-  names = stopped.to_json()["diverged"]["quantities"]
+  names = stopped.stop()["quantities"]
   raise NonFiniteError(f"non-finite {', '.join(names)} in task {t + 1}, epoch {epoch + 1} "
                        f"(seeds {bad}); results up to task {t} are in {out_dir}")
 

@@ -131,10 +131,16 @@ class RunRecord:
 
   def summary(self) -> tuple[dict, dict]:
     """Mean and SEM of ACC, BWT, FWT over the reporting seeds (fractions)."""
+    return self._summarize([self._seed_metrics(s) if self.reporting(s) else {}
+                            for s in range(len(self.seeds))])
+
+  def _summarize(self, per_seed: list) -> tuple[dict, dict]:
+    """``summary`` from ``_seed_metrics`` per seed index (those of seeds not reporting
+    are left out)."""
     mean, sem = {}, {}
-    per_seed = [self._seed_metrics(s) for s in range(len(self.seeds)) if self.reporting(s)]
+    reported = [m for s, m in enumerate(per_seed) if m and self.reporting(s)]
     for key in ("avg_accuracy", "bwt", "fwt"):
-      values = [m[key] for m in per_seed if m]
+      values = [m[key] for m in reported]
       if values:
         mean[key], sem[key] = metrics.mean_and_sem(values)
     return mean, sem
@@ -169,7 +175,7 @@ class RunRecord:
             "fwt": metrics.forward_transfer(full, self.init_accuracy[s, :len(full)]),
             "avg_accuracy_curve": self.curve(s)}
 
-  def _seed_json(self, s: int) -> dict:
+  def _seed_json(self, s: int, seed_metrics: dict) -> dict:
     n, full = self.tasks_done(s), self.matrix(s)
     entry = {"seed": int(self.seeds[s]),
              "accuracy_matrix": [[float(full[t, i]) if i <= t else None for i in range(n)]
@@ -179,7 +185,7 @@ class RunRecord:
              "init_accuracy": [float(v) for v in self.init_accuracy[s]]}
     if not self.reporting(s):
       entry["diverged"] = self.divergence[s].to_json()
-    return {**entry, **self._seed_metrics(s)}
+    return {**entry, **seed_metrics}
 
   def left_out(self) -> dict:
     """{seed: Divergence} of the seeds left out of the mean: those that diverged while
@@ -203,10 +209,11 @@ class RunRecord:
     trace = {name: [finite_or_none(row.tolist()) for row in np.asarray(values, float)]
              for name, values in self.trace.items() if name != "task"}
     trace["task"] = [int(t) for t in self.trace["task"]]
+    per_seed = [self._seed_metrics(s) for s in range(len(self.seeds))]   # once, for both
     payload = {"config": dict(self.config), "completed_tasks": self.completed_tasks,
                "num_tasks": self.num_tasks, "notes": list(self.notes),
                "task_names": list(self.task_names),
-               "per_seed": [self._seed_json(s) for s in range(len(self.seeds))],
+               "per_seed": [self._seed_json(s, m) for s, m in enumerate(per_seed)],
                "trace": trace, "devices": list(self.devices),
                "wall_time_s": self.wall_time_s}
     if self.stability:
@@ -215,7 +222,7 @@ class RunRecord:
            "largest_layer": list(r.layer)} for r in self.stability]
     if self.stopped():
       payload["diverged"] = self.stop()
-    payload["mean"], payload["sem"] = self.summary()
+    payload["mean"], payload["sem"] = self._summarize(per_seed)
     return payload
 
   # ------------------------------------------------------ the arrays a commit saves
@@ -278,7 +285,7 @@ class RunRecord:
         config=payload["config"], seeds=tuple(e["seed"] for e in entries),
         num_tasks=num_tasks, completed_tasks=payload["completed_tasks"], accuracy=accuracy,
         init_accuracy=np.asarray([e["init_accuracy"] for e in entries], float),
-        divergence=divergence, trace=_trace_arrays(payload["trace"], len(entries)),
+        divergence=divergence, trace=trace_arrays(payload["trace"], len(entries)),
         stability=tuple(Stability(r["task"], tuple(r["max_lr_strength_importance"]),
                                   tuple(r["largest_layer"]))
                         for r in payload.get("penalty_stability", ())),
@@ -291,7 +298,7 @@ def _divergence(entry: Optional[Mapping]) -> Optional[Divergence]:
                                                tuple(entry["quantities"]))
 
 
-def _trace_arrays(trace: Mapping, num_seeds: int) -> dict:
+def trace_arrays(trace: Mapping, num_seeds: int) -> dict:
   """The JSON trace (lists per epoch, null where non-finite) as [E, S] float arrays."""
   arrays = {name: np.asarray([[np.nan if v is None else v for v in row] for row in values],
                              float).reshape(len(values), num_seeds)

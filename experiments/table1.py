@@ -346,9 +346,10 @@ def check_names(benchmarks, rows) -> None:
       raise ValueError(f"--{flag}: unknown {unknown}; expected some of {list(known)}")
 
 
-def _train_row(config, row_dir: str, name: str, train, *, logdir, **train_kwargs) -> dict:
-  """Trains a row's missing seeds: all of them, or those beyond a finished run's."""
-  held = results_lib.load(row_dir)
+def _train_row(config, row_dir: str, held, name: str, train, *, logdir,
+               **train_kwargs) -> dict:
+  """Trains a row's missing seeds: all of them, or those beyond a finished run's
+  (``held``: the record in ``row_dir``, None for none)."""
   extend = 0 if held is None else held.seeds_to_extend(config)
   new = dataclasses.replace(config, seed=config.seed + extend,
                             num_seeds=config.num_seeds - extend)
@@ -374,7 +375,7 @@ def run_table(benchmarks, rows, preset, num_seeds, out_root, *, seed=0, data_dir
       if held is not None and held.holds(config):
         continue
       try:
-        results = _train_row(config, row_dir, f"{benchmark}_{preset}/{row}", train,
+        results = _train_row(config, row_dir, held, f"{benchmark}_{preset}/{row}", train,
                              data_dir=data_dir, progress=progress, logdir=logdir)
       except engine.NonFiniteError as e:   # recorded in the row's results.json; go on
         print(f"{row_label(config)}: {e}", flush=True)

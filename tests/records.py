@@ -4,7 +4,7 @@ import dataclasses
 import numpy as np
 
 from dhp_jax import config as config_lib
-from dhp_jax.results import Divergence, RunRecord, Stability
+from dhp_jax.results import Divergence, RunRecord, Stability, trace_arrays
 
 
 def curve_matrix(curve) -> np.ndarray:
@@ -17,13 +17,6 @@ def curve_matrix(curve) -> np.ndarray:
 def two_tasks(acc: float) -> np.ndarray:
   """Two tasks with ACC ``acc``, running average [0.99, acc] and BWT −0.1."""
   return np.asarray([[0.99, 0.5], [0.89, 2 * acc - 0.89]])
-
-
-def _trace_arrays(trace, num_seeds: int) -> dict:
-  arrays = {name: np.asarray([[np.nan if v is None else v for v in row] for row in values],
-                             float).reshape(len(values), num_seeds)
-            for name, values in trace.items() if name != "task"}
-  return {**arrays, "task": np.asarray(trace["task"], int)}
 
 
 def record(matrices, *, config=None, num_tasks=None, completed_tasks=None,
@@ -52,7 +45,7 @@ def record(matrices, *, config=None, num_tasks=None, completed_tasks=None,
       accuracy=accuracy, init_accuracy=np.full((len(matrices), num_tasks), init_accuracy),
       divergence=tuple(Divergence(*divergence[s][:2], tuple(divergence[s][2]))
                        if s in divergence else None for s in range(len(matrices))),
-      trace=_trace_arrays(trace, len(matrices)),
+      trace=trace_arrays(trace, len(matrices)),
       stability=tuple(Stability(r["task"], tuple(r["max_lr_strength_importance"]),
                                 tuple(r["largest_layer"])) for r in stability),
       notes=tuple(notes), wall_time_s=wall_time_s)
