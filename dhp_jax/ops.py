@@ -5,6 +5,8 @@ are built from, with no network of their own.
 ``conv_patches(x, kernel_hw, ...)``   receptive fields of a 2-D convolution.
 ``patch_conv(lhs, rhs, ...)``         ``lax.conv_general_dilated`` as patches · kernel, for
                                       ``nn.Conv`` / ``nnx.Conv(conv_general_dilated=...)``.
+``max_pool(x, window)``               non-overlapping max pool, ``nn.max_pool``'s values and
+                                      gradients without XLA:CPU's select-and-scatter.
 ``restrict_logits(logits, slice)``    a task's outputs (task-incremental streams).
 
 The consolidation estimators' per-sample shortcut reads convolutions through these too,
@@ -12,6 +14,7 @@ so they import no network module.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import jax
@@ -29,9 +32,19 @@ def conv_patches(x: jax.Array, kernel_hw: Sequence[int], strides: Sequence[int] 
   input (an identity-kernel convolution, as ``lax.conv_general_dilated_patches``, costs
   C·kh·kw times more FLOPs).
   """
+  kernel_hw, strides, dilation = (tuple(int(v) for v in t)
+                                  for t in (kernel_hw, strides, dilation))
   window = [(k - 1) * d + 1 for k, d in zip(kernel_hw, dilation)]
   if isinstance(padding, str):
     padding = jax.lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
+  padding = tuple(tuple(int(v) for v in pair) for pair in padding)
+  if strides == dilation == (1, 1):
+    return _unit_stride_patches(x, kernel_hw, padding)
+  return _strided_patches(x, kernel_hw, strides, padding, dilation)
+
+
+def _strided_patches(x, kernel_hw, strides, padding, dilation):
+  window = [(k - 1) * d + 1 for k, d in zip(kernel_hw, dilation)]
   x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   rows, cols = ((x.shape[1 + a] - window[a]) // strides[a] + 1 for a in (0, 1))
   return jnp.stack([
@@ -39,6 +52,34 @@ def conv_patches(x: jax.Array, kernel_hw: Sequence[int], strides: Sequence[int] 
                    j * dilation[1]: j * dilation[1] + (cols - 1) * strides[1] + 1: strides[1]]
                  for j in range(kernel_hw[1])], axis=3)
       for i in range(kernel_hw[0])], axis=3)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _unit_stride_patches(x, kernel_hw, padding):
+  return _strided_patches(x, kernel_hw, (1, 1), padding, (1, 1))
+
+
+def _unit_stride_patches_forward(x, kernel_hw, padding):
+  return _unit_stride_patches(x, kernel_hw, padding), None
+
+
+def _unit_stride_patches_backward(kernel_hw, padding, _, cotangent):
+  """col2im: the cotangent [B, H', W', kh, kw, C] of every window offset added back at its
+  pixels, one in-place dynamic-update-slice add per offset, last offset first — the order
+  of JAX's own transpose of the stacked slices, so the sums are bit-identical. Why:
+  XLA:CPU materialises that transpose's kh·kw padded copies of x (BUILD_NOTES §2.9)."""
+  batch, rows, cols, kh, kw, channels = cotangent.shape
+  (top, bottom), (left, right) = padding
+  grad = jnp.zeros((batch, rows + kh - 1, cols + kw - 1, channels), cotangent.dtype)
+  for i in reversed(range(kh)):
+    for j in reversed(range(kw)):
+      start = (0, i, j, 0)
+      window = jax.lax.dynamic_slice(grad, start, (batch, rows, cols, channels))
+      grad = jax.lax.dynamic_update_slice(grad, window + cotangent[:, :, :, i, j], start)
+  return (grad[:, top: grad.shape[1] - bottom, left: grad.shape[2] - right],)
+
+
+_unit_stride_patches.defvjp(_unit_stride_patches_forward, _unit_stride_patches_backward)
 
 
 def patch_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -68,6 +109,59 @@ def patch_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilatio
   return jnp.dot(patches.reshape(*patches.shape[:3], -1), rhs.reshape(-1, rhs.shape[-1]),
                  precision=precision, preferred_element_type=preferred_element_type,
                  **sharding)
+
+
+def _window_views(x: jax.Array, window: tuple[int, int]) -> list[jax.Array]:
+  """x [B, H, W, C] (H, W multiples of the window) → the kh·kw elements of every window,
+  each [B, H // kh, W // kw, C], in row-major window order."""
+  kh, kw = window
+  return [x[:, i::kh, j::kw] for i in range(kh) for j in range(kw)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool(x: jax.Array, window: tuple[int, int]) -> jax.Array:
+  return functools.reduce(jnp.maximum, _window_views(x, window))
+
+
+def _max_pool_forward(x, window):
+  views = _window_views(x, window)
+  pooled = functools.reduce(jnp.maximum, views)
+  winner = jnp.full(pooled.shape, len(views) - 1, jnp.int8)
+  for n in reversed(range(len(views) - 1)):   # the first maximum wins ties
+    winner = jnp.where(views[n] == pooled, jnp.int8(n), winner)
+  return pooled, winner
+
+
+def _max_pool_backward(window, winner, cotangent):
+  """Each window's cotangent goes to its first maximum (XLA's select-and-scatter with
+  ``ge``, and PyTorch's rule), assembled by stacking rather than scattering."""
+  kh, kw = window
+  parts = [jnp.where(winner == n, cotangent, 0) for n in range(kh * kw)]
+  rows = [jnp.stack(parts[i * kw:(i + 1) * kw], axis=3) for i in range(kh)]  # [B,H',W',kw,C]
+  batch, height, width, channels = cotangent.shape
+  return (jnp.stack(rows, axis=2).reshape(batch, height * kh, width * kw, channels),)
+
+
+_max_pool.defvjp(_max_pool_forward, _max_pool_backward)
+
+
+def max_pool(x: jax.Array, window: Sequence[int] = (2, 2)) -> jax.Array:
+  """``nn.max_pool(x, window, strides=window)`` ('VALID'): x [B, H, W, C] →
+  [B, H // kh, W // kw, C], with the same values and gradients (each window's cotangent to
+  its first maximum in row-major order, as XLA's select-and-scatter and PyTorch do).
+
+  Why: inside the epoch's ``lax.scan`` XLA:CPU runs ``reduce_window`` and the
+  select-and-scatter of its gradient as slow scalar loops (the CNN's largest cost after
+  the matmuls); here both are elementwise selects over the windows' strided views, with the
+  winner kept as int8 for the backward pass (BUILD_NOTES §2.9).
+  """
+  window = tuple(int(k) for k in window)
+  if x.ndim != 4 or len(window) != 2 or min(window) < 1 or window[0] * window[1] > 127:
+    raise ValueError(f"max_pool expects x [batch, height, width, channels] and a 2-D "
+                     f"window of at most 127 elements, got x {x.shape} and window {window}")
+  # A trailing remainder of rows or columns is dropped, as 'VALID' does.
+  return _max_pool(x[:, :x.shape[1] // window[0] * window[0],
+                     :x.shape[2] // window[1] * window[1]], window)
 
 
 def restrict_logits(logits: jax.Array,

@@ -1,4 +1,6 @@
 """Flax heads and models: one implementation (hebbian.dhp_apply) behind the modules."""
+from absl.testing import parameterized
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -140,3 +142,48 @@ def test_patch_conv_as_flax_calls_it_equals_lax(padding):
   params = lax_conv.init(jax.random.key(1), x)
   np.testing.assert_allclose(ours.apply(params, x), lax_conv.apply(params, x),
                              rtol=1e-5, atol=1e-5)
+
+
+def _tied(shape, seed):
+  """Small integers: most pooling windows hold tied maxima (as zero-padded images do)."""
+  return jax.random.randint(jax.random.key(seed), shape, -2, 3).astype(jnp.float32)
+
+
+class FastGradientsTest(chex.TestCase):
+  """ops.max_pool and conv_patches' custom VJPs give XLA's own results bit for bit."""
+
+  @chex.all_variants(with_pmap=False)
+  @parameterized.parameters(((2, 8, 6, 3), (2, 2)), ((1, 7, 9, 2), (2, 2)),
+                            ((2, 9, 8, 1), (3, 2)))
+  def test_max_pool_equals_flax_max_pool(self, shape, window):
+    x, cotangent_seed = _tied(shape, 0), 1
+    ours, ours_vjp = jax.vjp(self.variant(lambda x: ops.max_pool(x, window)), x)
+    flax, flax_vjp = jax.vjp(lambda x: nn.max_pool(x, window, strides=window), x)
+    cotangent = jax.random.normal(jax.random.key(cotangent_seed), ours.shape)
+    chex.assert_trees_all_equal(ours, flax)
+    chex.assert_trees_all_equal(ours_vjp(cotangent), flax_vjp(cotangent))
+
+  @chex.all_variants(with_pmap=False)
+  @parameterized.parameters(((5, 5), "VALID"), ((3, 2), "SAME"), ((2, 3), ((1, 2), (0, 3))))
+  def test_patch_gradient_equals_autodiff_of_stacked_slices(self, kernel_hw, padding):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 8, 3))
+    pads = (jax.lax.padtype_to_pads(x.shape[1:3], kernel_hw, (1, 1), padding)
+            if isinstance(padding, str) else padding)
+
+    def reference(x):   # plain slices of the padded input, differentiated by JAX
+      x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+      rows, cols = x.shape[1] - kernel_hw[0] + 1, x.shape[2] - kernel_hw[1] + 1
+      return jnp.stack([jnp.stack([x[:, i:i + rows, j:j + cols] for j in range(kernel_hw[1])],
+                                  axis=3) for i in range(kernel_hw[0])], axis=3)
+
+    ours, ours_vjp = jax.vjp(self.variant(lambda x: ops.conv_patches(x, kernel_hw,
+                                                                     padding=padding)), x)
+    want, want_vjp = jax.vjp(self.variant(reference), x)
+    cotangent = jax.random.normal(jax.random.key(1), ours.shape)
+    chex.assert_trees_all_equal(ours, want)
+    chex.assert_trees_all_equal(ours_vjp(cotangent), want_vjp(cotangent))
+
+
+def test_max_pool_names_a_bad_window():
+  with pytest.raises(ValueError, match="window"):
+    ops.max_pool(jnp.zeros((1, 4, 4, 1)), (2, 2, 2))

@@ -14,7 +14,7 @@ import jax
 
 from dhp_jax import heads_spec
 from dhp_jax.linen import heads
-from dhp_jax.ops import patch_conv, torch_kernel_init
+from dhp_jax.ops import max_pool, patch_conv, torch_kernel_init
 
 # The output heads by name (names from ``heads_spec.HEADS``).
 HEAD_MODULES = heads_spec.head_modules(heads)
@@ -86,7 +86,7 @@ class CNN(nn.Module):
       h = nn.Conv(channels, (5, 5), padding="VALID", kernel_init=torch_kernel_init,
                   conv_general_dilated=patch_conv, name=f"conv_{i}")(h)
       h = nn.leaky_relu(h, self.negative_slope)
-      h = nn.max_pool(h, (2, 2), strides=(2, 2))
+      h = max_pool(h, (2, 2))
     h = h.reshape((h.shape[0], -1))
     h = nn.Dense(self.hidden, kernel_init=torch_kernel_init, name="dense")(h)
     h = nn.leaky_relu(h, self.negative_slope)

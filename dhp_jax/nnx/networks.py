@@ -110,6 +110,6 @@ class CNN(nnx.Module):
     h = x
     for i in range(self.num_conv):
       h = jax.nn.leaky_relu(getattr(self, f"conv_{i}")(h), self.negative_slope)
-      h = nnx.max_pool(h, (2, 2), strides=(2, 2))
+      h = ops.max_pool(h, (2, 2))
     h = jax.nn.leaky_relu(self.dense(h.reshape((h.shape[0], -1))), self.negative_slope)
     return self.head(h, labels, mask=mask)
