@@ -297,7 +297,9 @@ def restore_state(out_dir: str, commit: Commit, target):
                      f"{commit.results.get('num_tasks')}) has no saved state to resume "
                      f"from", advice="restart")
   try:
-    state = _checkpointer().restore(commit.state_path, jax.device_get(target))
+    # orbax refuses relative paths, and binaries are given ones (--out_root=results).
+    state = _checkpointer().restore(os.path.abspath(commit.state_path),
+                                    jax.device_get(target))
   except Exception as e:   # orbax raises many types for a damaged checkpoint
     _ignore_closed_loop_callbacks()
     raise StoreError(f"the checkpoint {commit.state_path} cannot be restored "

@@ -218,6 +218,17 @@ def test_a_run_written_before_commits_resumes(tmp_path, uninterrupted):
   assert not os.path.exists(os.path.join(out, "checkpoint"))
 
 
+def test_a_run_given_a_relative_directory_resumes(tmp_path, monkeypatch, uninterrupted):
+  # As the binaries are called (--out_root=results): orbax needs absolute paths.
+  if os.environ.get("DHP_DATA_DIR"):
+    monkeypatch.setenv("DHP_DATA_DIR", os.pathsep.join(
+        map(os.path.abspath, os.environ["DHP_DATA_DIR"].split(os.pathsep))))
+  monkeypatch.chdir(tmp_path)
+  engine.train_and_evaluate(TINY, "relative/run", progress=False, stop_after_task=1)
+  resumed = engine.train_and_evaluate(TINY, "relative/run", progress=False, resume=True)
+  assert _numbers(resumed) == _numbers(uninterrupted)
+
+
 def _recorded_runs():
   for path in sorted(glob.glob(os.path.join(REPO, "results", "**", "results.json"),
                                recursive=True)):
