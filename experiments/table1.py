@@ -32,10 +32,12 @@ from experiments.rows import (BASELINE_OF, DEFAULT_ROWS, PAPER, ROWS, TABLES, ro
                               row_label, table_benchmark)
 
 # Paired comparisons beyond DHP+X − X (``BASELINE_OF``): what learning α adds, what the
-# output layer's θ init does (the author's U(±1/√d) against the dense default, with and
-# without plasticity), and what keeping η in [0, 1] changes. (first row, second row); an
-# entry is first − second.
-_CONTROL_PAIRS = (("dhp", "dhp_frozen_alpha"), ("finetune", "finetune_dense"),
+# matched baseline head's doubled step size does (α frozen: one θ at the plain step), what
+# the output layer's θ init does (the author's U(±1/√d) against the dense default, with
+# and without plasticity), and what keeping η in [0, 1] changes. (first row, second row);
+# an entry is first − second.
+_CONTROL_PAIRS = (("dhp", "dhp_frozen_alpha"), ("dhp_frozen_alpha", "finetune"),
+                  ("finetune", "finetune_dense"),
                   ("dhp", "finetune_dense"), ("dhp_eta_projected", "dhp"),
                   ("dhp+mas_eta_projected", "dhp+mas"))
 # Fig. 3 files -> the rows overlaid in them (one line per seed); drawn when all are on disk.

@@ -100,6 +100,7 @@ def test_paired_differences_in_json_exclude_diverged_seeds(tmp_path):
     paired = json.load(f)["split_mnist"]["paired"]
   assert set(paired) == {"dhp - finetune", "dhp+si - si", "dhp+mas - mas",
                          "dhp+mas_eta_projected - mas", "dhp - dhp_frozen_alpha",
+                         "dhp_frozen_alpha - finetune",
                          "dhp+mas_eta_projected - dhp+mas", "finetune - finetune_dense",
                          "dhp - finetune_dense"}
   # DHP − Finetune per seed: +1, +2, −1 points; sample variance 7/3, so SEM √(7/9).
