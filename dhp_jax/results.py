@@ -131,8 +131,7 @@ class RunRecord:
 
   def summary(self) -> tuple[dict, dict]:
     """Mean and SEM of ACC, BWT, FWT over the reporting seeds (fractions)."""
-    return self._summarize([self._seed_metrics(s) if self.reporting(s) else {}
-                            for s in range(len(self.seeds))])
+    return self._summarize([self._seed_metrics(s) for s in range(len(self.seeds))])
 
   def _summarize(self, per_seed: list) -> tuple[dict, dict]:
     """``summary`` from ``_seed_metrics`` per seed index (those of seeds not reporting

@@ -111,7 +111,7 @@ def _save_state(path: str, state: Any) -> None:
   import jax
 
   checkpointer = _checkpointer()
-  checkpointer.save(path, jax.device_get(state))
+  checkpointer.save(os.path.abspath(path), jax.device_get(state))   # orbax: absolute only
   checkpointer.wait_until_finished()
 
 
@@ -297,7 +297,7 @@ def restore_state(out_dir: str, commit: Commit, target):
                      f"{commit.results.get('num_tasks')}) has no saved state to resume "
                      f"from", advice="restart")
   try:
-    # orbax refuses relative paths, and binaries are given ones (--out_root=results).
+    # orbax refuses relative paths, as _save_state; binaries get --out_root=results.
     state = _checkpointer().restore(os.path.abspath(commit.state_path),
                                     jax.device_get(target))
   except Exception as e:   # orbax raises many types for a damaged checkpoint
@@ -373,7 +373,7 @@ def commit(out_dir: str, task: int, results: dict, state=None,
     _remove_tree(tmp)
     os.makedirs(tmp)
     if state is not None:
-      _save_state(os.path.abspath(os.path.join(tmp, "state")), state)
+      _save_state(os.path.join(tmp, "state"), state)
     if progress is not None:
       step = os.path.join(tmp, PROGRESS)
       _save_progress(step, progress)
