@@ -10,7 +10,7 @@ the JSON names the library and size that gave it), and per section (``--sections
   (batch 64) for the plain (matched) head vs the DHP head, with 1, 4 and 10 vmapped seeds.
 * ``cnn``: the vision CNN (SPEC §3, batch 32, plain SGD 0.01) on real CIFAR-10 images of
   the vision mixture, one compiled epoch as the engine runs it, DHP and matched heads, 1
-  and 4 vmapped seeds — beside a PyTorch implementation of the same network and step
+  and 4 seeds (the engine's seeds one at a time, ``seeds.seed_map``, and vmapped) — beside a PyTorch implementation of the same network and step
   (``benchmarks/torch_cnn.py`` in its own venv, ``--torch_python``; 2 threads, eager
   loop, the same images), the two timed in alternating rounds, best of each.
 
@@ -52,7 +52,7 @@ _ROOFLINE_REPEATS = flags.DEFINE_integer("roofline_repeats", 5, "Repeats per roo
 _SECTIONS = flags.DEFINE_list("sections", list(SECTIONS), f"Sections to run, of {SECTIONS}.")
 _CNN_STEPS = flags.DEFINE_integer("cnn_steps", 100, "CNN training steps (batch 32) per "
                                   "timed epoch.", lower_bound=10)
-_CNN_SEEDS = flags.DEFINE_list("cnn_seeds", ["1", "4"], "Vmapped seed counts for the CNN.")
+_CNN_SEEDS = flags.DEFINE_list("cnn_seeds", ["1", "4"], "Seed counts for the CNN.")
 _TORCH_PYTHON = flags.DEFINE_string("torch_python", "/work/torchenv/bin/python",
                                     "Python of the venv that has torch (never the project's); "
                                     "the CNN's PyTorch rows are skipped, and say so, without it.")
@@ -125,11 +125,12 @@ def _timed(fn, state, *args):
   return run_once
 
 
-def make_epoch(config, num_seeds: int, split=None, xla_defaults: bool = False):
-  """A compiled, warmed-up, seed-vmapped epoch of ``config`` as the engine runs it (on
-  ``split`` when given, else the first task's training split); returns its runner."""
+def make_epoch(config, num_seeds: int, split=None, xla_defaults: bool = False, unroll=None):
+  """A compiled, warmed-up epoch of ``config``'s seeds as the engine runs it (on ``split``
+  when given, else the first task's training split; ``unroll`` as
+  ``programs.epoch_program``); returns its runner."""
   program, state, (keys, task_split, perms), _ = programs.epoch_program(
-      config, num_seeds, xla_defaults=xla_defaults)
+      config, num_seeds, xla_defaults=xla_defaults, unroll=unroll)
   return _timed(program, state, keys, task_split if split is None else split, perms)
 
 
@@ -235,6 +236,9 @@ def cnn_section(roofline: float) -> dict:
     for s in seed_counts:
       config = dataclasses.replace(base, head=head, num_seeds=s)
       runners[f"jax_{head}_{s}"], seeds_of[f"jax_{head}_{s}"] = make_epoch(config, s, split), s
+      if s > 1:   # the engine unrolls the CNN's seeds; vmapped, as before session 10
+        name = f"jax_{head}_{s}_vmap"
+        runners[name], seeds_of[name] = make_epoch(config, s, split, unroll=False), s
   torch_note = None
   if os.path.exists(_TORCH_PYTHON.value):
     tmp = tempfile.mkdtemp(prefix="torch_cnn_")
@@ -259,6 +263,9 @@ def cnn_section(roofline: float) -> dict:
   sps = lambda name: rows[name]["samples_per_s"]
   ratios = {f"jax_{s}seeds_over_1seed_{h}": sps(f"jax_{h}_{s}") / sps(f"jax_{h}_1")
             for h in ("dhp", "matched") for s in seed_counts}
+  ratios.update({f"jax_{s}seeds_unrolled_over_vmapped_{h}":
+                 sps(f"jax_{h}_{s}") / sps(f"jax_{h}_{s}_vmap")
+                 for h in ("dhp", "matched") for s in seed_counts if s > 1})
   if workers:
     ratios.update({f"jax_over_torch_{h}_1seed": sps(f"jax_{h}_1") / sps(f"torch_{h}_1")
                    for h in ("dhp", "matched")})

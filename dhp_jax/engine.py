@@ -181,6 +181,7 @@ class _Programs:
   def __init__(self, config: Config, model, optimizer, input_shape, sharding=None):
     self.config, self.model, self.optimizer = config, model, optimizer
     self.seed_jit = functools.partial(seeds_lib.seed_jit, sharding=sharding)
+    self.jit_seeds = functools.partial(seeds_lib.jit_seeds, sharding=sharding)
     self.create = self.seed_jit(functools.partial(
         training.create_state, model=model, input_shape=input_shape, optimizer=optimizer,
         freeze_alpha=config.freeze_alpha), 0)
@@ -190,8 +191,9 @@ class _Programs:
     fn = functools.partial(training.train_epoch, batch_size=self.config.batch_size,
                            output_slice=output_slice, model=self.model,
                            optimizer=self.optimizer,
-                           project_eta=self.config.eta_constraint == "project")
-    return self.seed_jit(fn, (0, 0, None, 0), donate_argnums=0)
+                           project_eta=self.config.eta_constraint == "project",
+                           seed_map=seeds_lib.seed_map(training.is_convolutional(self.config)))
+    return self.jit_seeds(fn, donate_argnums=0)
 
   @functools.lru_cache(maxsize=None)
   def evaluate(self, output_slice):

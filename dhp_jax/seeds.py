@@ -132,17 +132,66 @@ _CPU_SEED_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
 
 def seed_jit(fn: Callable, in_axes, *, sharding=None, xla_defaults: bool = False,
              **jit_kwargs):
-  """``jax.jit(jax.vmap(fn, in_axes))`` over a leading seed axis, compiled with the XLA
-  options that keep vmapped seeds as fast as one seed on CPU (``xla_defaults=True``
-  drops them, for the throughput comparison). ``jit_kwargs`` go to ``jax.jit``.
+  """``jax.jit(jax.vmap(fn, in_axes))`` over a leading seed axis: ``jit_seeds`` of the
+  vmapped ``fn``."""
+  return jit_seeds(jax.vmap(fn, in_axes=in_axes), sharding=sharding,
+                   xla_defaults=xla_defaults, **jit_kwargs)
+
+
+def jit_seeds(fn: Callable, *, sharding=None, xla_defaults: bool = False, **jit_kwargs):
+  """``jax.jit(fn)`` of a ``fn`` over a leading seed axis, compiled with the XLA options
+  that keep vmapped seeds as fast as one seed on CPU (``xla_defaults=True`` drops them,
+  for the throughput comparison). ``jit_kwargs`` go to ``jax.jit``.
 
   With a seed ``sharding`` (``SeedLayout.sharding``) the program runs on each of its
-  devices (this process's) on that device's seeds — arguments with in_axes None are
+  devices (this process's) on that device's seeds — arguments not split by seed are
   expected on every device — and the outputs are assembled into arrays of that sharding.
   """
   options = None if xla_defaults or jax.default_backend() != "cpu" else _CPU_SEED_OPTIONS
-  program = jax.jit(jax.vmap(fn, in_axes=in_axes), compiler_options=options, **jit_kwargs)
+  program = jax.jit(fn, compiler_options=options, **jit_kwargs)
   return program if sharding is None else _on_each_device(program, sharding)
+
+
+def _mapped_size(args, in_axes) -> tuple[tuple, int]:
+  """(in_axes per argument, the size of their mapped axis)."""
+  axes = tuple(in_axes) if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
+  return axes, jax.tree.leaves([a for a, axis in zip(args, axes) if axis == 0])[0].shape[0]
+
+
+def unrolled_map(fn: Callable, in_axes=0) -> Callable:
+  """``jax.vmap(fn, in_axes)``'s values computed as one call of ``fn`` per seed, stacked:
+  every op keeps one seed's shapes, and XLA may run different seeds' ops side by side.
+  ``in_axes``: 0 or None per positional argument (or one for all).
+  """
+  def mapped(*args):
+    axes, size = _mapped_size(args, in_axes)
+    pick = lambda i: [a if axis is None else jax.tree.map(lambda x: x[i], a)
+                      for a, axis in zip(args, axes)]
+    outs = [fn(*pick(i)) for i in range(size)]
+    return jax.tree.map(lambda *per_seed: jnp.stack(per_seed), *outs)
+  return mapped
+
+
+def seed_map(unroll: bool) -> Callable:
+  """The map of a training step over a device's seeds (``jax.vmap``'s signature).
+
+  ``unroll`` on CPU: ``unrolled_map`` from two seeds up. Why: XLA:CPU runs the CNN's
+  seed-batched conv-1 patches and weight-gradient dot 1.5-2.3× slower per seed than one
+  seed's, and one seed at a time gives 1.2-1.3× the samples/s at 4 seeds (BUILD_NOTES
+  §4.1). At the CNN's shapes and 3 seeds both give the same bits
+  (``tests/test_training.py``); at one seed ``jax.vmap`` is kept, whose size-1 seed axis
+  rounds the conv biases' gradient differently and whose numbers recorded runs hold.
+  Otherwise ``jax.vmap`` (the MLP's seed-batched dots run faster than one seed's).
+  """
+  if not unroll or jax.default_backend() != "cpu":
+    return jax.vmap
+
+  def mapper(fn: Callable, in_axes=0) -> Callable:
+    def mapped(*args):
+      one_seed = _mapped_size(args, in_axes)[1] == 1
+      return (jax.vmap if one_seed else unrolled_map)(fn, in_axes)(*args)
+    return mapped
+  return mapper
 
 
 def _on_each_device(program: Callable, sharding: NamedSharding) -> Callable:

@@ -2,12 +2,14 @@
 
   ``create_state(key, model, input_shape, optimizer, ...)``  one seed's initial state
   ``train_step(state, batch)``                              one SGD step (pure, jitted)
-  ``train_epoch(state, key, split, permutation)``           one epoch as a ``lax.scan``
+  ``train_epoch(states, keys, split, permutations)``        one epoch of every seed
   ``evaluate(params, hebb, split, permutation)``            accuracy on one task's test split
   ``consolidate(state, ...)``                               the method's task-end bookkeeping
   ``plasticity_stats(state)``                               η, ‖Hebb‖_F, ‖α‖_F (Fig. 3)
 
-None of them sees the seed axis: ``dhp_jax.seeds.seed_jit`` vmaps them over it.
+None but ``train_epoch`` sees the seed axis: ``dhp_jax.seeds.seed_jit`` vmaps them over
+it. ``train_epoch`` maps its step over the seeds inside the epoch's scan itself, so the
+CNN can take them one at a time (``seeds.seed_map``).
 """
 from __future__ import annotations
 
@@ -21,10 +23,15 @@ from dhp_jax import consolidation, linen, ops, streams
 from dhp_jax.config import Config
 
 
+def is_convolutional(config: Config) -> bool:
+  """Whether ``config``'s network is the CNN (the vision mixture's) rather than the MLP."""
+  return config.benchmark == "vision_mixture"
+
+
 def make_model(config: Config, num_classes: int):
   common = dict(num_classes=num_classes, head=config.head, eta_init=config.eta_init,
                 theta_init=config.theta_init)
-  if config.benchmark == "vision_mixture":
+  if is_convolutional(config):
     return linen.CNN(**common)
   return linen.MLP(hidden=config.hidden, **common)
 
@@ -117,21 +124,39 @@ def _padded_batches(order, batch_size):
   return order.reshape(nb, batch_size), valid.reshape(nb, batch_size)
 
 
-def train_epoch(state: TrainState, key, split: "streams.Split", permutation, *,
-                batch_size: int, **step_kwargs):
-  """One epoch = one ``lax.scan`` over the batches of a fresh shuffle (one seed)."""
-  order = jax.random.permutation(key, split.index.shape[0])
-  batch_idx, batch_valid = _padded_batches(order, batch_size)
+def train_epoch(states: TrainState, keys, split: "streams.Split", permutations, *,
+                batch_size: int, seed_map=jax.vmap, **step_kwargs):
+  """One epoch of every seed: one ``lax.scan`` over the batches of each seed's fresh
+  shuffle, its body ``seed_map`` (``seeds.seed_map``) of ``train_step`` over the seeds.
 
-  def body(state, inputs):
+  ``states``, ``keys`` [S] and ``permutations`` [S, ...] carry a leading seed axis;
+  ``split`` is shared. Returns (states, {"loss", "accuracy"} [S]). With ``jax.vmap`` this
+  is bit for bit the vmap of a one-seed epoch (the engine's up to session 9): the batch
+  mask and counts stay seed-independent, as they were under that vmap.
+  """
+  n = split.index.shape[0]
+  _, batch_valid = _padded_batches(jnp.arange(n), batch_size)          # [nb, B]
+  shuffle = lambda key: _padded_batches(jax.random.permutation(key, n), batch_size)[0]
+  batch_idx = jnp.swapaxes(jax.vmap(shuffle)(keys), 0, 1)               # [nb, S, B]
+
+  def body(states, inputs):
     idx, valid = inputs
-    x, labels = streams.make_batch(split.images, split.labels, split.index[idx], permutation)
-    return train_step(state, (x, labels, valid), **step_kwargs)
 
-  state, stats = jax.lax.scan(body, state, (batch_idx, batch_valid))
-  count = jnp.maximum(jnp.sum(stats["count"]), 1)
-  return state, {"loss": jnp.sum(stats["loss"] * stats["count"]) / count,
-                 "accuracy": jnp.sum(stats["correct"]) / count}
+    def step(state, idx, permutation):
+      x, labels = streams.make_batch(split.images, split.labels, split.index[idx],
+                                     permutation)
+      return train_step(state, (x, labels, valid), **step_kwargs)
+
+    states, stats = seed_map(step)(states, idx, permutations)
+    return states, (stats["loss"], stats["correct"], jnp.sum(valid))
+
+  states, (loss, correct, count) = jax.lax.scan(body, states, (batch_idx, batch_valid))
+
+  def summary(loss, correct):                                           # [nb] each
+    total = jnp.maximum(jnp.sum(count), 1)
+    return {"loss": jnp.sum(loss * count) / total, "accuracy": jnp.sum(correct) / total}
+
+  return states, jax.vmap(summary, in_axes=1)(loss, correct)
 
 
 def evaluate(params, hebb, split: "streams.Split", permutation, *, model,

@@ -133,10 +133,10 @@ def test_divergence_after_task_one_is_recorded(tmp_path, mnist):
 
 def test_one_diverged_seed_is_recorded_and_the_others_go_on(tmp_path, mnist, monkeypatch):
   # Seed 0's parameters are made NaN after every epoch of task 2 (0-based call 1).
-  real_seed_jit, calls = seeds.seed_jit, []
+  real_jit_seeds, calls = seeds.jit_seeds, []
 
-  def poisoning_seed_jit(fn, *args, **kwargs):
-    compiled = real_seed_jit(fn, *args, **kwargs)
+  def poisoning_jit_seeds(fn, *args, **kwargs):
+    compiled = real_jit_seeds(fn, *args, **kwargs)
     if getattr(fn, "func", None) is not training.train_epoch:
       return compiled
 
@@ -148,7 +148,7 @@ def test_one_diverged_seed_is_recorded_and_the_others_go_on(tmp_path, mnist, mon
       return state, stats
     return run
 
-  monkeypatch.setattr(seeds, "seed_jit", poisoning_seed_jit)
+  monkeypatch.setattr(seeds, "jit_seeds", poisoning_jit_seeds)
   config = config_lib.make_config("permuted_mnist", "quick", num_tasks=3, train_subset=2048,
                                 lr=0.1, num_seeds=2)
   out = str(tmp_path / "one_bad_seed")
