@@ -177,7 +177,7 @@ def seed_map(unroll: bool) -> Callable:
 
   ``unroll`` on CPU: ``unrolled_map`` from two seeds up. Why: XLA:CPU runs the CNN's
   seed-batched conv-1 patches and weight-gradient dot 1.5-2.3× slower per seed than one
-  seed's, and one seed at a time gives 1.2-1.3× the samples/s at 4 seeds (BUILD_NOTES
+  seed's, and one seed at a time gives 1.05-1.25× the samples/s at 4 seeds (BUILD_NOTES
   §4.1). At the CNN's shapes and 3 seeds both give the same bits
   (``tests/test_training.py``); at one seed ``jax.vmap`` is kept, whose size-1 seed axis
   rounds the conv biases' gradient differently and whose numbers recorded runs hold.
