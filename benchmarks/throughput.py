@@ -10,7 +10,8 @@ the JSON names the library and size that gave it), and per section (``--sections
   (batch 64) for the plain (matched) head vs the DHP head, with 1, 4 and 10 vmapped seeds.
 * ``cnn``: the vision CNN (SPEC §3, batch 32, plain SGD 0.01) on real CIFAR-10 images of
   the vision mixture, one compiled epoch as the engine runs it, DHP and matched heads, 1
-  and 4 seeds (the engine's seeds one at a time, ``seeds.seed_map``, and vmapped) — beside a PyTorch implementation of the same network and step
+  and 4 seeds (the engine's seeds one at a time, ``seeds.seed_map``, and vmapped) —
+  beside a PyTorch implementation of the same network and step
   (``benchmarks/torch_cnn.py`` in its own venv, ``--torch_python``; 2 threads, eager
   loop, the same images), the two timed in alternating rounds, best of each.
 

@@ -1,4 +1,5 @@
-"""dhp_jax.training: one seed's steps against a hand-written model, SGD step and trace.
+"""dhp_jax.training: one seed's steps against a hand-written model, SGD step and trace;
+an epoch of several seeds against a loop of those steps.
 
 The tiny model is ``MLP(hidden=(3,), num_classes=4)`` on 5 synthetic inputs; the
 reference below writes its forward pass out (Algorithm 1 as a loop over classes).
