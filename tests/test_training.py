@@ -204,26 +204,30 @@ def _small_cnn(head):
   return linen.CNN(num_classes=NUM_CLASSES, head=head, features=(3, 4), hidden=6)
 
 
-def _epoch_inputs(head):
-  """(model, states [S], keys [S], split) on 14 random 16×16×3 images (3 batches + 2)."""
-  images = jax.random.randint(jax.random.key(3), (16, 16, 16, 3), 0, 256).astype(jnp.uint8)
-  labels = jax.random.randint(jax.random.key(4), (16,), 0, NUM_CLASSES).astype(jnp.int32)
-  split = streams.Split(images, labels, jnp.arange(1, 15, dtype=jnp.int32))
-  model, keys = _small_cnn(head), seeds.base_keys(range(SEEDS))
-  create = functools.partial(training.create_state, model=model, input_shape=(16, 16, 3),
-                             optimizer=optax.sgd(LR))
-  return model, jax.vmap(create)(seeds.init_keys(keys)), keys, split
+def _epoch_inputs(model, size, rows, lr=LR, num_seeds=SEEDS):
+  """(states [S], keys [S], split): ``rows`` random size×size×3 images (rows 1..rows of
+  rows + 2), ``model`` initialised per seed with SGD ``lr``."""
+  images = jax.random.randint(jax.random.key(3), (rows + 2, size, size, 3), 0, 256)
+  labels = jax.random.randint(jax.random.key(4), (rows + 2,), 0, model.num_classes)
+  split = streams.Split(images.astype(jnp.uint8), labels.astype(jnp.int32),
+                        jnp.arange(1, rows + 1, dtype=jnp.int32))
+  keys = seeds.base_keys(range(num_seeds))
+  create = functools.partial(training.create_state, model=model, input_shape=(size, size, 3),
+                             optimizer=optax.sgd(lr))
+  return jax.vmap(create)(seeds.init_keys(keys)), keys, split
 
 
-def _epoch(model, states, keys, split, seed_map):
-  epoch = functools.partial(training.train_epoch, batch_size=BATCH, model=model,
-                            optimizer=optax.sgd(LR), seed_map=seed_map)
-  return jax.jit(epoch)(states, keys, split, None)
+def _epoch(model, states, keys, split, seed_map, batch_size=BATCH, lr=LR):
+  """The engine's program of one epoch of every seed (``seeds.jit_seeds``)."""
+  epoch = functools.partial(training.train_epoch, batch_size=batch_size, model=model,
+                            optimizer=optax.sgd(lr), seed_map=seed_map)
+  return seeds.jit_seeds(epoch)(states, keys, split, None)
 
 
 @pytest.mark.parametrize("head", ["dhp", "matched"])
 def test_epoch_is_each_seeds_steps_over_its_shuffle(head):
-  model, states, keys, split = _epoch_inputs(head)
+  model = _small_cnn(head)
+  states, keys, split = _epoch_inputs(model, 16, 14)   # 3 batches of 4 and one of 2
   new, stats = _epoch(model, states, keys, split, jax.vmap)
   n = split.index.shape[0]
   step = jax.jit(functools.partial(training.train_step, model=model, optimizer=optax.sgd(LR)))
@@ -244,7 +248,8 @@ def test_epoch_is_each_seeds_steps_over_its_shuffle(head):
 
 @pytest.mark.parametrize("head", ["dhp", "matched"])
 def test_unrolled_seeds_train_bit_for_bit_as_one_seed_each(head):
-  model, states, keys, split = _epoch_inputs(head)
+  model = _small_cnn(head)
+  states, keys, split = _epoch_inputs(model, 16, 14)
   together = _epoch(model, states, keys, split, seeds.unrolled_map)
   for s in range(SEEDS):
     alone = _epoch(model, *jax.tree.map(lambda x: x[s:s + 1], (states, keys)), split,
@@ -257,22 +262,14 @@ def test_unrolled_seeds_train_bit_for_bit_as_one_seed_each(head):
 
 def test_the_vision_cnn_unrolled_trains_bit_for_bit_as_vmapped():
   # What keeps the recorded vision runs' numbers (3 seeds: the medium table) now that the
-  # engine unrolls the CNN's seeds. Not true of every shape: XLA's seed-batched reductions
-  # may round differently (the small CNN above; one seed, where seeds.seed_map keeps vmap).
-  num_seeds = 3
+  # engine unrolls the CNN's seeds. Not true everywhere: XLA's seed-batched reductions may
+  # round differently (one seed, where seeds.seed_map keeps vmap; the small CNN above
+  # compiled without the engine's XLA options, 1e-9 apart).
   model = linen.CNN(num_classes=10)
-  images = jax.random.randint(jax.random.key(3), (40, 32, 32, 3), 0, 256).astype(jnp.uint8)
-  labels = jax.random.randint(jax.random.key(4), (40,), 0, 10).astype(jnp.int32)
-  split = streams.Split(images, labels, jnp.arange(40, dtype=jnp.int32))
-  keys = seeds.base_keys(range(num_seeds))
-  create = functools.partial(training.create_state, model=model, input_shape=(32, 32, 3),
-                             optimizer=optax.sgd(0.01))
-  states = jax.vmap(create)(seeds.init_keys(keys))
-  epoch = lambda seed_map: jax.jit(functools.partial(
-      training.train_epoch, batch_size=32, model=model, optimizer=optax.sgd(0.01),
-      seed_map=seed_map), compiler_options=seeds._CPU_SEED_OPTIONS)
-  chex.assert_trees_all_equal(epoch(seeds.unrolled_map)(states, keys, split, None),
-                              epoch(jax.vmap)(states, keys, split, None))
+  states, keys, split = _epoch_inputs(model, 32, 40, lr=0.01)   # batches of 32 and 8
+  run = lambda seed_map: _epoch(model, states, keys, split, seed_map, batch_size=32,
+                                lr=0.01)
+  chex.assert_trees_all_equal(run(seeds.unrolled_map), run(jax.vmap))
 
 
 # ---- a two-task run through the engine's pieces, on synthetic data -------------------
