@@ -5,29 +5,23 @@ task: the jitted program, its initial state and its arguments.
 """
 from __future__ import annotations
 
-import functools
-
-from dhp_jax import seeds as seeds_lib
+from dhp_jax import engine, seeds as seeds_lib
 from dhp_jax import training
 
 
 def epoch_program(config, num_seeds: int, *, xla_defaults: bool = False, unroll=None):
   """(program, state [S, ...], (keys [S], split, permutations), streams) of the first
-  task's epoch of ``config`` with seeds 0..num_seeds-1; ``unroll`` (default: the engine's
-  choice, ``training.is_convolutional``) picks ``seeds.seed_map``."""
+  task's epoch of ``config`` with seeds 0..num_seeds-1; ``unroll`` as
+  ``engine.epoch_function``."""
   seeds = list(range(num_seeds))
   streams = seeds_lib.build_streams(config, seeds)
   task = streams[0].tasks[0]
   model = training.make_model(config, streams[0].num_classes)
   optimizer = training.make_optimizer(config)
   keys = seeds_lib.base_keys(seeds)
-  create = functools.partial(training.create_state, model=model,
-                             input_shape=streams[0].input_shape, optimizer=optimizer)
+  create = engine.create_function(config, model, streams[0].input_shape, optimizer)
   state = seeds_lib.seed_jit(create, 0)(keys)
   split, perms = seeds_lib.task_training_inputs(config, streams, 0)
-  unroll = training.is_convolutional(config) if unroll is None else unroll
-  epoch = functools.partial(training.train_epoch, batch_size=config.batch_size, model=model,
-                            optimizer=optimizer, output_slice=task.output_slice,
-                            seed_map=seeds_lib.seed_map(unroll))
+  epoch = engine.epoch_function(config, model, optimizer, task.output_slice, unroll)
   program = seeds_lib.jit_seeds(epoch, xla_defaults=xla_defaults)
   return program, state, (keys, split, perms), streams

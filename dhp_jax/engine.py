@@ -175,6 +175,24 @@ def prepare(config: Config, data_dir=None, num_devices: Optional[int] = None) ->
              [seeds_lib.put(task.test, replicated) for task in tasks], programs)
 
 
+def create_function(config: Config, model, input_shape, optimizer) -> Callable:
+  """``training.create_state`` as the engine runs it: one seed's key -> its TrainState."""
+  return functools.partial(training.create_state, model=model, input_shape=input_shape,
+                           optimizer=optimizer, freeze_alpha=config.freeze_alpha)
+
+
+def epoch_function(config: Config, model, optimizer, output_slice,
+                   unroll: Optional[bool] = None) -> Callable:
+  """``training.train_epoch`` as the engine runs it for a task with ``output_slice``:
+  (states, keys [S], split, permutations [S, ...]) -> (states, stats [S]). ``unroll``
+  (default: ``training.is_convolutional(config)``) picks ``seeds.seed_map``."""
+  unroll = training.is_convolutional(config) if unroll is None else unroll
+  return functools.partial(training.train_epoch, batch_size=config.batch_size,
+                           output_slice=output_slice, model=model, optimizer=optimizer,
+                           project_eta=config.eta_constraint == "project",
+                           seed_map=seeds_lib.seed_map(unroll))
+
+
 class _Programs:
   """The run's jitted, seed-vmapped programs: one per distinct task output slice."""
 
@@ -182,18 +200,12 @@ class _Programs:
     self.config, self.model, self.optimizer = config, model, optimizer
     self.seed_jit = functools.partial(seeds_lib.seed_jit, sharding=sharding)
     self.jit_seeds = functools.partial(seeds_lib.jit_seeds, sharding=sharding)
-    self.create = self.seed_jit(functools.partial(
-        training.create_state, model=model, input_shape=input_shape, optimizer=optimizer,
-        freeze_alpha=config.freeze_alpha), 0)
+    self.create = self.seed_jit(create_function(config, model, input_shape, optimizer), 0)
 
   @functools.lru_cache(maxsize=None)
   def epoch(self, output_slice):
-    fn = functools.partial(training.train_epoch, batch_size=self.config.batch_size,
-                           output_slice=output_slice, model=self.model,
-                           optimizer=self.optimizer,
-                           project_eta=self.config.eta_constraint == "project",
-                           seed_map=seeds_lib.seed_map(training.is_convolutional(self.config)))
-    return self.jit_seeds(fn, donate_argnums=0)
+    return self.jit_seeds(epoch_function(self.config, self.model, self.optimizer,
+                                         output_slice), donate_argnums=0)
 
   @functools.lru_cache(maxsize=None)
   def evaluate(self, output_slice):

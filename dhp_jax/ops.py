@@ -118,14 +118,18 @@ def _window_views(x: jax.Array, window: tuple[int, int]) -> list[jax.Array]:
   return [x[:, i::kh, j::kw] for i in range(kh) for j in range(kw)]
 
 
+def _largest(views: list[jax.Array]) -> jax.Array:
+  return functools.reduce(jnp.maximum, views)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max_pool(x: jax.Array, window: tuple[int, int]) -> jax.Array:
-  return functools.reduce(jnp.maximum, _window_views(x, window))
+  return _largest(_window_views(x, window))
 
 
 def _max_pool_forward(x, window):
   views = _window_views(x, window)
-  pooled = functools.reduce(jnp.maximum, views)
+  pooled = _largest(views)
   winner = jnp.full(pooled.shape, len(views) - 1, jnp.int8)
   for n in reversed(range(len(views) - 1)):   # the first maximum wins ties
     winner = jnp.where(views[n] == pooled, jnp.int8(n), winner)
