@@ -47,7 +47,7 @@ VISION_TASKS ?= 4
 # faithful Online EWC rows (they diverge; their added seeds record lr·λ·Ω per task).
 PAPER_ROWS := finetune,dhp,dhp_frozen_alpha,mas,dhp+mas,dhp+mas_eta_projected,finetune_dense,si,dhp+si,dhp_eta_projected,online_ewc_batch,dhp+online_ewc_batch,online_ewc,dhp+online_ewc
 # Issue 18: the vision mixture at the medium preset (10 epochs/task), 3 paired seeds.
-VISION_ROWS := finetune,dhp,dhp_frozen_alpha,finetune_dense,si,dhp+si,mas,dhp+mas,online_ewc,dhp+online_ewc,dhp_eta_projected
+VISION_ROWS := finetune,dhp,dhp_frozen_alpha,finetune_dense,si,dhp+si,mas,dhp+mas,online_ewc,dhp+online_ewc,mas_lambda0.1,dhp+mas_lambda0.1,dhp_eta_projected
 reproduce: fetch
 	$(PY) experiments/table1.py --benchmarks=split_mnist --preset=paper --num_seeds=10 \
 		--out_root=results --noprogress

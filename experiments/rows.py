@@ -79,6 +79,12 @@ ROWS = {
     # penalty leaves α, η and the trace free, SPEC §2).
     "dhp+mas_eta_projected": Row("DHP Softmax + MAS, η projected into [0, 1] (control)",
                                  dict(method="mas", head="dhp", eta_constraint="project")),
+    # MAS at the Permuted MNIST λ beside the vision mixture's faithful λ = 1.0, where
+    # plain SGD on the penalty passes its stability bound (lr·λ·Ω > 1) on the CNN.
+    "mas_lambda0.1": Row("MAS, λ = 0.1 (variant)",
+                         dict(method="mas", head="matched", strength=0.1)),
+    "dhp+mas_lambda0.1": Row("DHP Softmax + MAS, λ = 0.1 (variant)",
+                             dict(method="mas", head="dhp", strength=0.1)),
     # The hypothesis that the paper's Online EWC squared mini-batch *mean* gradients
     # (as many public EWC implementations do): a Fisher ~batch-size times smaller.
     "online_ewc_batch": Row("Online EWC, mini-batch Fisher (variant)",

@@ -64,12 +64,15 @@ def test_bad_values_raise_naming_the_field(args, overrides, field):
     make_config(*args, **overrides)
 
 
-# On the benchmarks whose paper λ of Online EWC is 100, the λ = 100 variant rows are the
-# paper's rows (same config, same run), and they are labelled as those.
+# On the benchmarks whose paper λ of Online EWC is 100 (of MAS, 0.1), the λ = 100 (0.1)
+# variant rows are the paper's rows (same config, same run), and they are labelled as those.
 SAME_AS = {("permuted_mnist", "online_ewc_lambda100"): "online_ewc",
            ("permuted_mnist", "dhp+online_ewc_lambda100"): "dhp+online_ewc",
            ("vision_mixture", "online_ewc_lambda100"): "online_ewc",
-           ("vision_mixture", "dhp+online_ewc_lambda100"): "dhp+online_ewc"}
+           ("vision_mixture", "dhp+online_ewc_lambda100"): "dhp+online_ewc",
+           **{(table, prefix + "mas_lambda0.1"): prefix + "mas"
+              for table in ("permuted_mnist", "imbalanced_permuted_mnist")
+              for prefix in ("", "dhp+")}}
 
 
 @pytest.mark.parametrize("row", ROWS)

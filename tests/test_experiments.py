@@ -194,6 +194,10 @@ def test_opt_in_online_ewc_variant_rows():
   assert rows_lib.row_label(config) == "DHP Softmax + Online EWC, λ = 100 (variant)"
   assert rows_lib.BASELINE_OF["dhp+online_ewc_lambda100"] == "online_ewc_lambda100"
   assert rows_lib.BASELINE_OF["dhp+mas_eta_projected"] == "mas"
+  config = table1.row_config("vision_mixture", "medium", "dhp+mas_lambda0.1")
+  assert (config.method, config.head, config.strength) == ("mas", "dhp", 0.1)
+  assert rows_lib.row_label(config) == "DHP Softmax + MAS, λ = 0.1 (variant)"
+  assert rows_lib.BASELINE_OF["dhp+mas_lambda0.1"] == "mas_lambda0.1"
   config = table1.row_config("permuted_mnist", "paper", "dhp+mas_eta_projected")
   assert rows_lib.row_label(config) == "DHP Softmax + MAS, η projected into [0, 1] (control)"
 
