@@ -104,6 +104,13 @@ class Config:
     return {k: list(v) if isinstance(v, tuple) else v
             for k, v in dataclasses.asdict(self).items()}
 
+  @classmethod
+  def from_json(cls, saved: Mapping) -> "Config":
+    """The config a results.json saved (``to_json``'s inverse; fields added since it was
+    saved take their defaults, as ``with_defaults``)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v
+                  for k, v in with_defaults(saved).items()})
+
 
 # Fields whose value is one of a vocabulary, with the vocabulary's owner.
 CHOICES = {

@@ -49,6 +49,14 @@ def test_overrides_replace_preset_values_and_none_keeps_them():
   assert make_config("split_mnist", hidden=[8, 8]).hidden == (8, 8)
 
 
+def test_a_saved_config_reads_back_as_itself():
+  config = make_config("vision_mixture", "medium", "si", vision_datasets=("mnist", "cifar10"))
+  saved = config.to_json()
+  assert config_lib.Config.from_json(saved) == config
+  del saved["mas_variant"]   # a field added after the config was saved: its default
+  assert config_lib.Config.from_json(saved) == config
+
+
 @pytest.mark.parametrize("args, overrides, field", [
     (("rotated_mnist",), {}, "benchmark"),
     (("permuted_mnist", "quick", "l2"), {}, "method"),
