@@ -88,12 +88,16 @@ def probe_images(split: streams.Split, permutation, num_images: int, batch_size:
 
 def row_leak(out_dir: str, num_images: int, data_dir=None) -> Optional[dict]:
   """{"task", "seeds": [{measure: fraction} or None (non-finite state)]} for the last
-  committed state of the run in ``out_dir`` (None: nothing committed)."""
+  committed state of the run in ``out_dir`` (None: nothing committed). ValueError, before
+  any data is loaded, when that commit kept no state (e.g. a fresh clone's results)."""
   commit = store.latest_commit(out_dir)
   if commit is None:
     return None
-  saved = store.read_json(os.path.join(out_dir, "results.json"))["config"]
-  run = engine.prepare(config_lib.Config.from_json(saved), data_dir)
+  if commit.state_path is None:
+    raise ValueError(f"--rows: {out_dir} holds results but no saved state (checkpoints "
+                     "are not in git): train the row again (experiments/table1.py, same "
+                     "flags) to probe it")
+  run = engine.prepare(config_lib.Config.from_json(commit.results["config"]), data_dir)
   state = store.restore_state(out_dir, commit, run.programs.create(seeds.init_keys(run.keys)))
   t = commit.task - 1
   per_seed = []

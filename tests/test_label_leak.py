@@ -1,4 +1,6 @@
 """experiments/label_leak.py: the probe of a training pass that reads its labels."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,3 +63,12 @@ def test_bad_folders_are_named(tmp_path):
              [*args, f"--table_dir={tmp_path}", "--rows=dhp,si"])
   assert "--rows: no folder ['si']" in str(exit_.value.code)
   assert "rows there: ['dhp']" in str(exit_.value.code)
+
+
+def test_a_row_without_saved_state_is_refused_before_loading_data(tmp_path):
+  row = tmp_path / "dhp"
+  row.mkdir()   # a fresh clone's row: results.json only
+  (row / "results.json").write_text(json.dumps(
+      {"config": CONFIG.to_json(), "completed_tasks": 1, "num_tasks": 10}))
+  with pytest.raises(ValueError, match="holds results but no saved state"):
+    label_leak.row_leak(str(row), 32, data_dir=str(tmp_path / "no_data"))
