@@ -29,6 +29,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import socket
@@ -338,8 +339,10 @@ def restore_or_earlier(out_dir: str, commit: Commit, target, log) -> tuple:
 
 def _ignore_closed_loop_callbacks() -> None:
   """After a failed restore, tensorstore's reads still in flight complete into orbax's
-  closed event loop, and Python prints each 'Event loop is closed' as an unraisable
-  traceback after the error: dropped, anything else still goes to the previous hook."""
+  closed event loop: Python prints each 'Event loop is closed' as an unraisable
+  traceback, and asyncio logs each failed read's task, garbage-collected unawaited, as
+  'Task exception was never retrieved' with its traceback — both after the error, which
+  already names the checkpoint. Both are dropped; anything else still goes through."""
   previous = sys.unraisablehook
   if getattr(previous, "ignores_closed_loop", False):
     return
@@ -350,6 +353,8 @@ def _ignore_closed_loop_callbacks() -> None:
       previous(unraisable)
   hook.ignores_closed_loop = True
   sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(
+      lambda record: not record.getMessage().startswith("Task exception was never retrieved"))
 
 
 # ------------------------------------------------------------------------ writing

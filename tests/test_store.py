@@ -3,6 +3,7 @@ import dataclasses
 import errno
 import glob
 import json
+import logging
 import os
 import random
 import re
@@ -304,3 +305,12 @@ def test_an_unfinished_run_without_its_checkpoint_starts_over(tmp_path, uninterr
       rf"permuted_mnist \(quick\) DHP Softmax \+ SI \(lr = 0.1\), seeds 0-1: task {t}/3 "
       rf"done \(average accuracy \d+\.\d\d %\), elapsed (\d+m)?\d+s, ETA (\d+m)?\d+s", line)
       for t, line in enumerate(lines, 1)), lines
+
+
+def test_after_a_failed_restore_only_the_reads_in_flight_are_silenced(caplog):
+  store._ignore_closed_loop_callbacks()   # what a failed restore calls
+  asyncio_log = logging.getLogger("asyncio")
+  with caplog.at_level(logging.ERROR, logger="asyncio"):
+    asyncio_log.error("Task exception was never retrieved\nfuture: <Task finished ...>")
+    asyncio_log.error("Unclosed client session")
+  assert [r.getMessage() for r in caplog.records] == ["Unclosed client session"]
