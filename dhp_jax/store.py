@@ -248,7 +248,7 @@ def _intact_copy(out_dir: str, task: int) -> Optional[dict]:
   return copy if copy is not None and copy.get("completed_tasks") == task else None
 
 
-def _earlier_commit(out_dir: str, task: int) -> Optional[Commit]:
+def earlier_commit(out_dir: str, task: int) -> Optional[Commit]:
   """The newest commit before task ``task`` whose results read, or None."""
   for earlier, folder in reversed(_commit_dirs(out_dir)):
     if earlier < task:
@@ -274,7 +274,7 @@ def latest_commit(out_dir: str) -> Optional[Commit]:
     if copy is not None:
       return _read_commit(task, folder, copy)._replace(
           note=f"{damaged}; its intact copy {os.path.join(out_dir, RESULTS)} is used instead")
-    earlier = _earlier_commit(out_dir, task)
+    earlier = earlier_commit(out_dir, task)
     if earlier is None:
       raise StoreError(f"{damaged}; there is no intact copy or earlier commit to recover "
                        f"from", advice="restart") from None
@@ -328,7 +328,7 @@ def restore_or_earlier(out_dir: str, commit: Commit, target, log) -> tuple:
   try:
     return commit, restore_state(out_dir, commit, target), restore_progress(commit)
   except StoreError as damaged:
-    earlier = _earlier_commit(out_dir, commit.task)
+    earlier = earlier_commit(out_dir, commit.task)
     if earlier is None or earlier.state_path is None:
       raise StoreError(f"{damaged}; there is no earlier commit to go on from",
                        advice="restart") from None

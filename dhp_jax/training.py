@@ -13,7 +13,7 @@ CNN can take them one at a time (``seeds.seed_map``).
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -125,7 +125,8 @@ def _padded_batches(order, batch_size):
 
 
 def train_epoch(states: TrainState, keys, split: "streams.Split", permutations, *,
-                batch_size: int, seed_map=jax.vmap, **step_kwargs):
+                batch_size: int, seed_map=jax.vmap, per_step: Optional[Callable] = None,
+                **step_kwargs):
   """One epoch of every seed: one ``lax.scan`` over the batches of each seed's fresh
   shuffle, its body ``seed_map`` (``seeds.seed_map``) of ``train_step`` over the seeds.
 
@@ -133,6 +134,10 @@ def train_epoch(states: TrainState, keys, split: "streams.Split", permutations, 
   ``split`` is shared. Returns (states, {"loss", "accuracy"} [S]). With ``jax.vmap`` this
   is bit for bit the vmap of a one-seed epoch (the engine's up to session 9): the batch
   mask and counts stay seed-independent, as they were under that vmap.
+
+  ``per_step(state_before, state_after, stats) -> pytree`` of one seed (diagnostics,
+  e.g. ``experiments/replay_divergence.py``) adds a third output, its values per step,
+  [nb, S, ...]; the training arithmetic is the same with or without it.
   """
   n = split.index.shape[0]
   _, batch_valid = _padded_batches(jnp.arange(n), batch_size)          # [nb, B]
@@ -145,18 +150,22 @@ def train_epoch(states: TrainState, keys, split: "streams.Split", permutations, 
     def step(state, idx, permutation):
       x, labels = streams.make_batch(split.images, split.labels, split.index[idx],
                                      permutation)
-      return train_step(state, (x, labels, valid), **step_kwargs)
+      new_state, stats = train_step(state, (x, labels, valid), **step_kwargs)
+      traced = None if per_step is None else per_step(state, new_state, stats)
+      return new_state, (stats, traced)
 
-    states, stats = seed_map(step)(states, idx, permutations)
-    return states, (stats["loss"], stats["correct"], jnp.sum(valid))
+    states, (stats, traced) = seed_map(step)(states, idx, permutations)
+    return states, (stats["loss"], stats["correct"], jnp.sum(valid), traced)
 
-  states, (loss, correct, count) = jax.lax.scan(body, states, (batch_idx, batch_valid))
+  states, (loss, correct, count, traced) = jax.lax.scan(body, states,
+                                                        (batch_idx, batch_valid))
 
   def summary(loss, correct):                                           # [nb] each
     total = jnp.maximum(jnp.sum(count), 1)
     return {"loss": jnp.sum(loss * count) / total, "accuracy": jnp.sum(correct) / total}
 
-  return states, jax.vmap(summary, in_axes=1)(loss, correct)
+  summaries = jax.vmap(summary, in_axes=1)(loss, correct)
+  return (states, summaries) if per_step is None else (states, summaries, traced)
 
 
 def evaluate(params, hebb, split: "streams.Split", permutation, *, model,

@@ -84,7 +84,7 @@ state = training.create_state(jax.random.key(0), model, (784,), optimizer)
 batch = (jax.numpy.zeros((4, 784)), jax.numpy.arange(4), jax.numpy.ones(4, bool))
 training.train_step(state, batch, model=model, optimizer=optimizer)
 import dhp_jax.nnx, experiments.run, experiments.table1, experiments.eta_sweep
-import experiments.instability, experiments.label_leak
+import experiments.instability, experiments.label_leak, experiments.replay_divergence
 print("ok")
 """
 
