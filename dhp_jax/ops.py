@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from dhp_jax import native
+
 # PyTorch's kaiming_uniform_(a=√5) default is U(±1/√fan_in) = variance_scaling(1/3).
 torch_kernel_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
@@ -54,9 +56,19 @@ def _strided_patches(x, kernel_hw, strides, padding, dilation):
       for i in range(kernel_hw[0])], axis=3)
 
 
+def _on_cpu_natively(native_fn, xla_fn, operand):
+  """``native_fn(operand)`` where the program runs on the CPU and the ``native`` kernels
+  are there (float32), else ``xla_fn(operand)``: the same values either way."""
+  if operand.dtype != jnp.float32 or not native.available():
+    return xla_fn(operand)
+  return jax.lax.platform_dependent(operand, cpu=native_fn, default=xla_fn)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _unit_stride_patches(x, kernel_hw, padding):
-  return _strided_patches(x, kernel_hw, (1, 1), padding, (1, 1))
+  return _on_cpu_natively(lambda x: native.im2col(x, kernel_hw, padding),
+                          lambda x: _strided_patches(x, kernel_hw, (1, 1), padding, (1, 1)),
+                          x)
 
 
 def _unit_stride_patches_forward(x, kernel_hw, padding):
@@ -65,9 +77,19 @@ def _unit_stride_patches_forward(x, kernel_hw, padding):
 
 def _unit_stride_patches_backward(kernel_hw, padding, _, cotangent):
   """col2im: the cotangent [B, H', W', kh, kw, C] of every window offset added back at its
-  pixels, one in-place dynamic-update-slice add per offset, last offset first — the order
-  of JAX's own transpose of the stacked slices, so the sums are bit-identical. Why:
-  XLA:CPU materialises that transpose's kh·kw padded copies of x (BUILD_NOTES §2.9)."""
+  pixels (``native.col2im`` on the CPU, else ``_xla_col2im``; the same sums)."""
+  (top, bottom), (left, right) = padding
+  hw = (cotangent.shape[1] + kernel_hw[0] - 1 - top - bottom,
+        cotangent.shape[2] + kernel_hw[1] - 1 - left - right)
+  return (_on_cpu_natively(lambda g: native.col2im(g, padding, hw),
+                           lambda g: _xla_col2im(g, padding), cotangent),)
+
+
+def _xla_col2im(cotangent, padding):
+  """col2im in XLA: one in-place dynamic-update-slice add per window offset, last offset
+  first — the order of JAX's own transpose of the stacked slices, so the sums are
+  bit-identical. Why: XLA:CPU materialises that transpose's kh·kw padded copies of x
+  (BUILD_NOTES §2.9)."""
   batch, rows, cols, kh, kw, channels = cotangent.shape
   (top, bottom), (left, right) = padding
   grad = jnp.zeros((batch, rows + kh - 1, cols + kw - 1, channels), cotangent.dtype)
@@ -76,7 +98,7 @@ def _unit_stride_patches_backward(kernel_hw, padding, _, cotangent):
       start = (0, i, j, 0)
       window = jax.lax.dynamic_slice(grad, start, (batch, rows, cols, channels))
       grad = jax.lax.dynamic_update_slice(grad, window + cotangent[:, :, :, i, j], start)
-  return (grad[:, top: grad.shape[1] - bottom, left: grad.shape[2] - right],)
+  return grad[:, top: grad.shape[1] - bottom, left: grad.shape[2] - right]
 
 
 _unit_stride_patches.defvjp(_unit_stride_patches_forward, _unit_stride_patches_backward)
