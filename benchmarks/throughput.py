@@ -10,7 +10,8 @@ the JSON names the library and size that gave it), and per section (``--sections
   (batch 64) for the plain (matched) head vs the DHP head, with 1, 4 and 10 vmapped seeds.
 * ``cnn``: the vision CNN (SPEC §3, batch 32, plain SGD 0.01) on real CIFAR-10 images of
   the vision mixture, one compiled epoch as the engine runs it, DHP and matched heads, 1
-  and 4 seeds (the engine's seeds one at a time, ``seeds.seed_map``, and vmapped) —
+  and 4 seeds (the engine's seeds one at a time, ``seeds.seed_map``, and vmapped; the DHP
+  head also with ``ops``' XLA patches and col2im instead of ``dhp_jax.native``'s) —
   beside a PyTorch implementation of the same network and step
   (``benchmarks/torch_cnn.py`` in its own venv, ``--torch_python``; 2 threads, eager
   loop, the same images), the two timed in alternating rounds, best of each.
@@ -34,6 +35,7 @@ from absl import app, flags
 
 import programs   # sibling scripts (benchmarks/ is on the path when run as a script)
 from dhp_jax import config as config_lib
+from dhp_jax import native
 from dhp_jax import seeds as seeds_lib
 from startup import INSTALL_TORCH
 
@@ -240,6 +242,10 @@ def cnn_section(roofline: float) -> dict:
       if s > 1:   # the engine unrolls the CNN's seeds; vmapped, as before session 10
         name = f"jax_{head}_{s}_vmap"
         runners[name], seeds_of[name] = make_epoch(config, s, split, unroll=False), s
+      if head == "dhp":   # ops' XLA path for the patches and col2im, the baseline
+        with native.disabled():
+          name = f"jax_{head}_{s}_xla_patches"
+          runners[name], seeds_of[name] = make_epoch(config, s, split), s
   torch_note = None
   if os.path.exists(_TORCH_PYTHON.value):
     tmp = tempfile.mkdtemp(prefix="torch_cnn_")
@@ -267,6 +273,8 @@ def cnn_section(roofline: float) -> dict:
   ratios.update({f"jax_{s}seeds_unrolled_over_vmapped_{h}":
                  sps(f"jax_{h}_{s}") / sps(f"jax_{h}_{s}_vmap")
                  for h in ("dhp", "matched") for s in seed_counts if s > 1})
+  ratios.update({f"jax_{s}seeds_native_over_xla_patches_dhp":
+                 sps(f"jax_dhp_{s}") / sps(f"jax_dhp_{s}_xla_patches") for s in seed_counts})
   if workers:
     ratios.update({f"jax_over_torch_{h}_1seed": sps(f"jax_{h}_1") / sps(f"torch_{h}_1")
                    for h in ("dhp", "matched")})

@@ -3,6 +3,7 @@ and the sum of their cotangent back onto its input (col2im), as XLA FFI custom c
 
 ``available()``       builds (once per machine) and registers them; False when they cannot
                       be built here, and then ``ops`` keeps its XLA path.
+``disabled()``        a context in which programs traced use the XLA path (comparisons).
 ``im2col(x, kernel_hw, padding)``    x [..., H, W, C] -> [..., H', W', kh, kw, C].
 ``col2im(cotangent, padding, hw)``   [..., H', W', kh, kw, C] -> [..., H, W, C].
 
@@ -16,6 +17,7 @@ into ``$XDG_CACHE_HOME/dhp_jax/kernels/`` (one file per source, jaxlib and flags
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -83,6 +85,22 @@ def available() -> bool:
                   f"(same numbers, slower CNN on CPU). Set {ENV_VAR}=0 to silence this.")
     return False
   return True
+
+
+@contextlib.contextmanager
+def disabled():
+  """Programs traced inside use ``ops``' XLA path (as with ``DHP_JAX_NATIVE=0``)."""
+  before = os.environ.get(ENV_VAR)
+  os.environ[ENV_VAR] = "0"
+  available.cache_clear()
+  try:
+    yield
+  finally:
+    if before is None:
+      del os.environ[ENV_VAR]
+    else:
+      os.environ[ENV_VAR] = before
+    available.cache_clear()
 
 
 def _int_attrs(**values) -> dict:

@@ -15,38 +15,24 @@ def _patches_and_gradient(x, kernel_hw, padding, cotangent_key=1):
   return out, vjp(jax.random.normal(jax.random.key(cotangent_key), out.shape))
 
 
-@pytest.fixture
-def native_off(monkeypatch):
-  """The kernels turned off (``DHP_JAX_NATIVE=0``) for the test, then as before."""
-  monkeypatch.setenv(native.ENV_VAR, "0")
-  native.available.cache_clear()
-  yield
-  native.available.cache_clear()
-
-
 @pytest.mark.parametrize("kernel_hw,padding", [((5, 5), "VALID"), ((3, 2), "SAME"),
                                                ((2, 3), ((1, 2), (0, 3)))])
-def test_the_kernels_equal_the_xla_path(kernel_hw, padding, monkeypatch):
+def test_the_kernels_equal_the_xla_path(kernel_hw, padding):
   x = jax.random.normal(jax.random.key(0), (2, 3, 9, 8, 4))
   assert native.available()
   with_kernels = _patches_and_gradient(x, kernel_hw, padding)
-  monkeypatch.setenv(native.ENV_VAR, "0")
-  native.available.cache_clear()
-  try:
+  with native.disabled():
     without = _patches_and_gradient(x, kernel_hw, padding)
-  finally:
-    native.available.cache_clear()
   chex.assert_trees_all_equal(with_kernels, without)
 
 
-def test_the_program_calls_the_kernels_only_when_they_are_available(native_off,
-                                                                    monkeypatch):
+def test_the_program_calls_the_kernels_only_when_they_are_available():
   x = jnp.ones((2, 8, 8, 3))
   compiled = lambda: jax.jit(jax.grad(lambda x: jnp.sum(ops.conv_patches(x, (3, 3)) ** 2))
                              ).lower(x).compile().as_text()
-  without = compiled()
-  monkeypatch.setenv(native.ENV_VAR, "1")
-  native.available.cache_clear()
+  with native.disabled():
+    without = compiled()
+  assert native.available()
   with_kernels = compiled()
   assert "dhp_im2col" not in without and "dhp_col2im" not in without
   assert "dhp_im2col" in with_kernels and "dhp_col2im" in with_kernels
