@@ -91,6 +91,36 @@ def data_dirs(data_dir: str | None):
   return [FETCHED_DATA, *map(str, data.search_path())]
 
 
+def define_table_flags(fv: flags.FlagValues, rows: Sequence[str], rows_help: str) -> None:
+  """``--table_dir`` and ``--rows``, for the binaries that probe a table's trained rows."""
+  flags.DEFINE_string("table_dir", "results/vision_mixture_medium", "A table's folder "
+                      "(rows as subfolders, as experiments/table1.py writes them).",
+                      flag_values=fv)
+  flags.DEFINE_list("rows", list(rows), rows_help, flag_values=fv)
+
+
+def table_row_dirs(fv: flags.FlagValues) -> dict:
+  """{row: its folder} of ``--rows`` in ``--table_dir``; ValueError naming what is
+  missing."""
+  if not os.path.isdir(fv.table_dir):
+    raise ValueError(f"--table_dir={fv.table_dir} is not a folder: give a table's folder, "
+                     "e.g. results/vision_mixture_medium")
+  missing = [r for r in fv.rows if not os.path.isdir(os.path.join(fv.table_dir, r))]
+  if missing:
+    raise ValueError(f"--rows: no folder {missing} in --table_dir={fv.table_dir}; "
+                     f"rows there: {sorted(os.listdir(fv.table_dir))}")
+  return {row: os.path.join(fv.table_dir, row) for row in fv.rows}
+
+
+def write_table_report(table_dir: str, name: str, payload: dict, text: str) -> None:
+  """``name``.json and ``name``.md into ``table_dir`` (each written atomically); prints
+  the markdown."""
+  from dhp_jax import store   # store imports orbax; only the report binaries need it
+  store.write_json_atomic(os.path.join(table_dir, f"{name}.json"), payload)
+  store.write_text_atomic(os.path.join(table_dir, f"{name}.md"), text)
+  print(text)
+
+
 def define_run_flags(fv: flags.FlagValues) -> None:
   """Flags of every binary that do not change the numbers."""
   flags.DEFINE_string("data_dir", None, "Data search path, os.pathsep-separated (default: "

@@ -135,31 +135,18 @@ def markdown(table_dir: str, leaks: Mapping[str, dict], num_images: int) -> str:
 
 
 def define_flags(fv: flags.FlagValues) -> None:
-  flags.DEFINE_string("table_dir", "results/vision_mixture_medium", "A table's folder "
-                      "(rows as subfolders, as experiments/table1.py writes them).",
-                      flag_values=fv)
-  flags.DEFINE_list("rows", ["dhp", "dhp+si", "dhp_frozen_alpha"], "Rows to probe.",
-                    flag_values=fv)
+  cli.define_table_flags(fv, ["dhp", "dhp+si", "dhp_frozen_alpha"], "Rows to probe.")
   flags.DEFINE_integer("num_images", 3200, "Training images per seed.", lower_bound=1,
                        flag_values=fv)
 
 
 def run(fv: flags.FlagValues) -> dict:
-  if not os.path.isdir(fv.table_dir):
-    raise ValueError(f"--table_dir={fv.table_dir} is not a folder: give a table's folder, "
-                     "e.g. results/vision_mixture_medium")
-  missing = [r for r in fv.rows if not os.path.isdir(os.path.join(fv.table_dir, r))]
-  if missing:
-    raise ValueError(f"--rows: no folder {missing} in --table_dir={fv.table_dir}; "
-                     f"rows there: {sorted(os.listdir(fv.table_dir))}")
-  leaks = {row: row_leak(os.path.join(fv.table_dir, row), fv.num_images,
-                         cli.data_dirs(fv.data_dir)) for row in fv.rows}
+  leaks = {row: row_leak(folder, fv.num_images, cli.data_dirs(fv.data_dir))
+           for row, folder in cli.table_row_dirs(fv).items()}
   leaks = {row: leak for row, leak in leaks.items() if leak is not None}
-  store.write_json_atomic(os.path.join(fv.table_dir, "label_leak.json"),
-                          {"num_images": fv.num_images, "rows": leaks})
-  text = markdown(fv.table_dir, leaks, fv.num_images)
-  store.write_text_atomic(os.path.join(fv.table_dir, "label_leak.md"), text)
-  print(text)
+  cli.write_table_report(fv.table_dir, "label_leak",
+                         {"num_images": fv.num_images, "rows": leaks},
+                         markdown(fv.table_dir, leaks, fv.num_images))
   return leaks
 
 

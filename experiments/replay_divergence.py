@@ -133,6 +133,8 @@ def replay_task(run: engine.Run, record: results_lib.RunRecord, out_dir: str, ta
 def row_replay(out_dir: str, steps_before: int, data_dir=None) -> list:
   """[replay_task(...)] for every task of the run in ``out_dir`` in which seeds diverged."""
   commit = store.latest_commit(out_dir)
+  if commit is None:
+    raise ValueError(f"--rows: {out_dir} holds no run")
   record = results_lib.RunRecord.from_json(commit.results)
   by_task = {}
   for s, d in enumerate(record.divergence):
@@ -190,29 +192,17 @@ def markdown(table_dir: str, replays: Mapping[str, list], steps_before: int) -> 
 
 
 def define_flags(fv: flags.FlagValues) -> None:
-  flags.DEFINE_string("table_dir", "results/vision_mixture_medium", "A table's folder "
-                      "(rows as subfolders, as experiments/table1.py writes them).",
-                      flag_values=fv)
-  flags.DEFINE_list("rows", ["dhp+online_ewc"], "Rows to replay.", flag_values=fv)
+  cli.define_table_flags(fv, ["dhp+online_ewc"], "Rows to replay.")
   flags.DEFINE_integer("steps_before", 8, "Steps shown before the first non-finite one.",
                        lower_bound=0, flag_values=fv)
 
 
 def run(fv: flags.FlagValues) -> dict:
-  if not os.path.isdir(fv.table_dir):
-    raise ValueError(f"--table_dir={fv.table_dir} is not a folder: give a table's folder, "
-                     "e.g. results/vision_mixture_medium")
-  missing = [r for r in fv.rows if store.latest_commit(os.path.join(fv.table_dir, r)) is None]
-  if missing:
-    raise ValueError(f"--rows: no run {missing} in --table_dir={fv.table_dir}; "
-                     f"rows there: {sorted(os.listdir(fv.table_dir))}")
-  replays = {row: row_replay(os.path.join(fv.table_dir, row), fv.steps_before,
-                             cli.data_dirs(fv.data_dir)) for row in fv.rows}
-  store.write_json_atomic(os.path.join(fv.table_dir, "divergence.json"),
-                          {"steps_before": fv.steps_before, "rows": replays})
-  text = markdown(fv.table_dir, replays, fv.steps_before)
-  store.write_text_atomic(os.path.join(fv.table_dir, "divergence.md"), text)
-  print(text)
+  replays = {row: row_replay(folder, fv.steps_before, cli.data_dirs(fv.data_dir))
+             for row, folder in cli.table_row_dirs(fv).items()}
+  cli.write_table_report(fv.table_dir, "divergence",
+                         {"steps_before": fv.steps_before, "rows": replays},
+                         markdown(fv.table_dir, replays, fv.steps_before))
   return replays
 
 

@@ -69,13 +69,15 @@ def test_a_row_without_the_state_before_the_task_is_refused(tmp_path, mnist):
 
 def test_bad_folders_are_named(tmp_path):
   args = ["replay_divergence.py", "--noprogress", "--jax_cache_dir="]
+  main = lambda *more: cli.main(replay_divergence.run, replay_divergence.define_flags,
+                                [*args, *more])
   with pytest.raises(SystemExit) as exit_:
-    cli.main(replay_divergence.run, replay_divergence.define_flags,
-             [*args, f"--table_dir={tmp_path / 'none'}"])
+    main(f"--table_dir={tmp_path / 'none'}")
   assert str(exit_.value.code).startswith(f"error: --table_dir={tmp_path / 'none'} is not")
   (tmp_path / "dhp").mkdir()
   with pytest.raises(SystemExit) as exit_:
-    cli.main(replay_divergence.run, replay_divergence.define_flags,
-             [*args, f"--table_dir={tmp_path}", "--rows=dhp"])
-  assert "--rows: no run ['dhp']" in str(exit_.value.code)
-  assert "rows there: ['dhp']" in str(exit_.value.code)
+    main(f"--table_dir={tmp_path}", "--rows=dhp,si")
+  assert "--rows: no folder ['si']" in str(exit_.value.code)
+  with pytest.raises(SystemExit) as exit_:
+    main(f"--table_dir={tmp_path}", "--rows=dhp")
+  assert f"--rows: {tmp_path / 'dhp'} holds no run" in str(exit_.value.code)
