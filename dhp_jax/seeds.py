@@ -158,30 +158,30 @@ def _mapped_size(args, in_axes) -> tuple[tuple, int]:
   return axes, jax.tree.leaves([a for a, axis in zip(args, axes) if axis == 0])[0].shape[0]
 
 
-def unrolled_map(fn: Callable, in_axes=0) -> Callable:
-  """``jax.vmap(fn, in_axes)``'s values computed as one call of ``fn`` per seed, stacked:
-  every op keeps one seed's shapes, and XLA may run different seeds' ops side by side.
-  ``in_axes``: 0 or None per positional argument (or one for all).
+def per_seed_map(fn: Callable, in_axes=0) -> Callable:
+  """``jax.vmap(fn, in_axes)``'s values computed as one size-1 ``jax.vmap`` of ``fn`` per
+  seed, concatenated: each seed runs a one-seed program's ops, so its numbers are a
+  one-seed run's whatever the number of seeds beside it. ``in_axes``: 0 or None per
+  positional argument (or one for all).
   """
   def mapped(*args):
     axes, size = _mapped_size(args, in_axes)
-    pick = lambda i: [a if axis is None else jax.tree.map(lambda x: x[i], a)
+    pick = lambda i: [a if axis is None else jax.tree.map(lambda x: x[i:i + 1], a)
                       for a, axis in zip(args, axes)]
-    outs = [fn(*pick(i)) for i in range(size)]
-    return jax.tree.map(lambda *per_seed: jnp.stack(per_seed), *outs)
+    outs = [jax.vmap(fn, in_axes=axes)(*pick(i)) for i in range(size)]
+    return jax.tree.map(lambda *per_seed: jnp.concatenate(per_seed), *outs)
   return mapped
 
 
 def seed_map(unroll: bool) -> Callable:
   """The map of a training step over a device's seeds (``jax.vmap``'s signature).
 
-  ``unroll`` on CPU: ``unrolled_map`` from two seeds up. Why: XLA:CPU runs the CNN's
-  seed-batched conv-1 patches and weight-gradient dot 1.5-2.3× slower per seed than one
-  seed's, and one seed at a time gives 1.05-1.25× the samples/s at 4 seeds (BUILD_NOTES
-  §4.1). At the CNN's shapes and 3 seeds both give the same bits
-  (``tests/test_training.py``); at one seed ``jax.vmap`` is kept, whose size-1 seed axis
-  rounds the conv biases' gradient differently and whose numbers recorded runs hold.
-  Otherwise ``jax.vmap`` (the MLP's seed-batched dots run faster than one seed's).
+  ``unroll`` on CPU: ``per_seed_map`` from two seeds up, ``jax.vmap`` at one. Why: XLA:CPU runs the CNN's seed-batched conv-1 patches and weight-gradient
+  dot 1.5-2.3× slower per seed than one seed's, and one seed's shapes with no seed axis
+  fuse the conv biases' gradients into slower loops than a size-1 seed axis does: the
+  4-seed CNN epoch is 1.09-1.14× as fast as with one seed's shapes (BUILD_NOTES §4.1), and
+  a seed trains bit for bit as it does alone (``tests/test_training.py``). Otherwise
+  ``jax.vmap`` (the MLP's seed-batched dots run faster than one seed's).
   """
   if not unroll or jax.default_backend() != "cpu":
     return jax.vmap
@@ -189,7 +189,7 @@ def seed_map(unroll: bool) -> Callable:
   def mapper(fn: Callable, in_axes=0) -> Callable:
     def mapped(*args):
       one_seed = _mapped_size(args, in_axes)[1] == 1
-      return (jax.vmap if one_seed else unrolled_map)(fn, in_axes)(*args)
+      return (jax.vmap if one_seed else per_seed_map)(fn, in_axes)(*args)
     return mapped
   return mapper
 
