@@ -187,15 +187,15 @@ def main(argv):
   steps = 100
   base, split, host = throughput.cnn_split(steps)
   agreement = gradient_agreement(host)
-  runners = {}
+  runners, current = {}, linen.CNN
   for seeds in (1, 4):
     config = dataclasses.replace(base, head="dhp", num_seeds=seeds)
-    for name, cls in (("current", linen.CNN), ("block", BlockCNN)):
+    for name, cls in (("current", current), ("block", BlockCNN)):
       linen.CNN = cls   # training.make_model reads linen.CNN
       program, state, (keys, _, perms), _ = programs.epoch_program(config, seeds)
       runners[f"{name}_{seeds}"] = (seeds, throughput._timed(program, state, keys, split,
                                                              perms))
-    linen.CNN = BlockCNN.__bases__[0]
+  linen.CNN = current
   best = throughput.round_robin({k: run for k, (_, run) in runners.items()}, _ROUNDS.value)
   flops = 6 * throughput.cnn_macs()
   rows = {k: throughput.throughput_row(s * steps * throughput.CNN_BATCH, best[k], flops,
