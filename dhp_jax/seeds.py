@@ -176,13 +176,15 @@ def per_seed_map(fn: Callable, in_axes=0) -> Callable:
 def seed_map(unroll: bool) -> Callable:
   """The map of a training step over a device's seeds (``jax.vmap``'s signature).
 
-  ``unroll`` on CPU: ``per_seed_map`` from two seeds up, ``jax.vmap`` at one. Why: XLA:CPU
-  runs the CNN's seed-batched conv-1 patches and weight-gradient dot 1.5-2.3× slower per
-  seed than one seed's, and one seed's shapes without a seed axis fuse the conv biases'
-  gradients into slower loops than a size-1 seed axis does: the 4-seed CNN epoch is
-  1.09-1.14× as fast as with one seed's shapes (BUILD_NOTES §4.1), and a seed trains bit
-  for bit as it does alone (``tests/test_training.py``). Otherwise ``jax.vmap`` (the
-  MLP's seed-batched dots run faster than one seed's).
+  ``unroll`` on CPU: ``per_seed_map`` from two seeds up, ``jax.vmap`` itself at one (the
+  same size-1 program without ``per_seed_map``'s slice and concatenate, so one-seed runs
+  keep the exact program their recorded numbers came from). Why: XLA:CPU runs the CNN's
+  seed-batched conv-1 patches and weight-gradient dot 1.5-2.3× slower per seed than one
+  seed's, and one seed's shapes without a seed axis fuse the conv biases' gradients into
+  slower loops than a size-1 seed axis does: the 4-seed CNN epoch is 1.09-1.14× as fast
+  as with one seed's shapes (BUILD_NOTES §4.1), and a seed trains bit for bit as it does
+  alone (``tests/test_training.py``). Otherwise ``jax.vmap`` (the MLP's seed-batched
+  dots run faster than one seed's).
   """
   if not unroll or jax.default_backend() != "cpu":
     return jax.vmap
